@@ -1,0 +1,189 @@
+"""`segserve serve | segment | info | demo | bench | dataset | train | export | eval`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from segserve import config as cfg
+from segserve import logs
+
+log = logging.getLogger("segserve")
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the gRPC segmentation server")
+    opt = cfg.add_env_option
+    opt(p, "--model", str(cfg.default_model_path()), help="ONNX model (served contract, or float NCHW logits)")
+    opt(p, "--host", "0.0.0.0", help="address to bind")
+    opt(p, "--port", 50051, int, help="gRPC port (0: a free one, printed at start)")
+    opt(p, "--providers", "auto", help="auto|cpu|cuda|tensorrt (auto: TensorRT > CUDA > CPU, as present)")
+    opt(p, "--max-batch", 8, int, help="largest batch the dynamic batcher forms")
+    opt(p, "--max-delay-ms", 2.0, float, help="longest wait for a batch to fill after its first frame")
+    opt(p, "--max-inflight", 32, int, help="frames admitted at once, all callers; unary beyond it: RESOURCE_EXHAUSTED")
+    opt(p, "--max-streams", 32, int, help="open StreamSegment calls at once")
+    opt(p, "--max-inflight-per-stream", 4, int, help="frames of one stream in flight")
+    opt(p, "--max-frame-bytes", 64 * 1024 * 1024, int, help="largest encoded/raw frame and gRPC message")
+    opt(p, "--max-pixels", 8192 * 8192, int, help="largest frame in pixels")
+    opt(p, "--intra-op-threads", 0, int, help="onnxruntime intra-op threads (0: all cores)")
+    opt(p, "--mean", None, help="R G B mean (0..255) for wrapping a float model (default: metadata or ImageNet)")
+    opt(p, "--std", None, help="R G B std (0..255) for wrapping a float model")
+    opt(p, "--input-size", None, help="HxW for a model with a dynamic input size")
+    opt(p, "--grace-s", 10.0, float, help="seconds to answer accepted frames at SIGTERM")
+    opt(p, "--token-file", None, help="file holding the bearer token callers must send (or SEGSERVE_TOKEN)")
+    opt(p, "--tls-cert", None, help="server certificate (PEM); enables TLS")
+    opt(p, "--tls-key", None, help="server private key (PEM)")
+    opt(p, "--tls-client-ca", None, help="CA (PEM) that client certificates must chain to: mutual TLS")
+    opt(p, "--metrics-port", None, int, help="Prometheus /metrics HTTP port (off when unset)")
+    opt(p, "--log-format", "text", help="text|json")
+    opt(p, "--log-level", "info", help="debug|info|warning|error")
+    p.set_defaults(func=_serve)
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    import os
+
+    if args.token_file:
+        return Path(args.token_file).read_text().strip()
+    return os.environ.get("SEGSERVE_TOKEN") or None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from segserve.codec import Limits
+    from segserve.engine import EngineConfig
+    from segserve.errors import ModelError
+    from segserve.server import ServerConfig, Service, TlsConfig, create_server
+
+    logs.setup(args.log_level, args.log_format)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        log.error("--tls-cert and --tls-key go together")
+        return 2
+    tls = TlsConfig(Path(args.tls_cert), Path(args.tls_key), Path(args.tls_client_ca) if args.tls_client_ca else None) \
+        if args.tls_cert else None
+    server_config = ServerConfig(
+        host=args.host, port=args.port, max_message_bytes=args.max_frame_bytes + 1024 * 1024,
+        max_inflight=args.max_inflight, max_streams=args.max_streams,
+        max_inflight_per_stream=args.max_inflight_per_stream, max_batch=args.max_batch,
+        max_delay_ms=args.max_delay_ms, grace_s=args.grace_s, token=_token(args), tls=tls,
+        metrics_port=args.metrics_port, limits=Limits(max_frame_bytes=args.max_frame_bytes, max_pixels=args.max_pixels),
+    )
+    engine_config = EngineConfig(
+        model=Path(args.model), providers=args.providers, intra_op_threads=args.intra_op_threads,
+        max_batch=args.max_batch, mean=cfg.parse_triple(args.mean), std=cfg.parse_triple(args.std),
+        input_size=cfg.parse_size(args.input_size),
+    )
+    try:
+        service = Service.from_model(engine_config, server_config)
+        running = create_server(service)
+    except (ModelError, OSError) as exc:
+        log.error("%s", exc)
+        return 1
+    print(f"segserve listening on {args.host}:{running.port}", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    running.drain_and_stop()
+    return 0
+
+
+def _add_segment(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("segment", help="segment one image file on a running server")
+    p.add_argument("image", type=Path)
+    p.add_argument("--out", type=Path, default=Path("segment-output"), help="folder for mask, overlay, JSON")
+    p.add_argument("--server", default=cfg.env_default("--server", "localhost:50051"))
+    p.add_argument("--token", default=cfg.env_default("--token"))
+    p.set_defaults(func=_segment)
+
+
+def _segment(args: argparse.Namespace) -> int:
+    import json
+
+    import cv2
+    import grpc
+
+    from segserve.client import SegmenterClient
+    from segserve.labels import mask_to_training_rgb
+
+    if not args.image.is_file():
+        print(f"error: no such image: {args.image}", file=sys.stderr)
+        return 2
+    with SegmenterClient(args.server, token=args.token, send="jpeg") as client:
+        try:
+            result = client.segment(args.image.read_bytes(), args.image.stem, overlay="png", coverage=True)
+            labels = client.model_info().labels
+        except grpc.RpcError as exc:
+            print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.image.stem
+    cv2.imwrite(str(args.out / f"{stem}_mask.png"), result.mask)
+    cv2.imwrite(str(args.out / f"{stem}_labels.png"), mask_to_training_rgb(result.mask))
+    cv2.imwrite(str(args.out / f"{stem}_color.png"), labels.colorize(result.mask))
+    cv2.imwrite(str(args.out / f"{stem}_overlay.png"), result.overlay)
+    summary = {"frame_id": result.frame_id, "model": result.model, "coverage": result.coverage,
+               "timing_us": vars(result.timing)}
+    (args.out / f"{stem}.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1))
+    print(f"wrote {args.out}/{stem}_{{mask,labels,color,overlay}}.png and {stem}.json")
+    return 0
+
+
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="print a running server's model info")
+    p.add_argument("--server", default=cfg.env_default("--server", "localhost:50051"))
+    p.add_argument("--token", default=cfg.env_default("--token"))
+    p.set_defaults(func=_info)
+
+
+def _info(args: argparse.Namespace) -> int:
+    import grpc
+
+    from segserve.client import SegmenterClient
+
+    with SegmenterClient(args.server, token=args.token) as client:
+        try:
+            info = client.model_info()
+        except grpc.RpcError as exc:
+            print(f"error: {args.server}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    print(f"{info.name}@{info.version} input {info.input_size[0]}x{info.input_size[1]} providers {info.providers}")
+    for c in info.labels.classes:
+        print(f"  {c.id:3d} {c.name:<16} rgb{c.color}")
+    return 0
+
+
+# Sub-commands that live with their own package: (module, function that registers them).
+_PLUGINS = ("segserve.demo.cli", "segserve.bench.cli", "segserve.train.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segserve", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_serve(sub)
+    _add_segment(sub)
+    _add_info(sub)
+    for module in _PLUGINS:
+        try:
+            importlib.import_module(module).register(sub)
+        except ModuleNotFoundError as exc:
+            if not exc.name or not module.startswith(exc.name):
+                raise
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

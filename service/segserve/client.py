@@ -1,0 +1,250 @@
+"""SegmenterClient: the public Python API for vehicle software, the demo, benchmarks and tests.
+
+    with SegmenterClient("localhost:50051") as client:
+        result = client.segment(cv2.imread("frame.jpg"))     # result.mask: (H, W) uint8 class ids
+        for r in client.stream(frames, overlay="jpeg"):       # in order, one result per frame
+            ...
+
+Unary failures raise ``grpc.RpcError`` with the server's status; on a stream a failed frame yields
+a result whose ``error`` is set and the stream goes on.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import grpc
+import numpy as np
+
+from segserve import codec
+from segserve._proto.segmentation.v1 import segmentation_pb2 as pb
+from segserve._proto.segmentation.v1 import segmentation_pb2_grpc as pb_grpc
+from segserve.labels import ClassInfo, LabelMap
+from segserve.pipeline import Timing
+
+Image = np.ndarray | bytes
+_OVERLAYS = {None: pb.OVERLAY_ENCODING_NONE, False: pb.OVERLAY_ENCODING_NONE, "jpeg": pb.OVERLAY_ENCODING_JPEG,
+             "png": pb.OVERLAY_ENCODING_PNG}
+_POLICIES = {"queue": pb.STREAM_POLICY_QUEUE, "latest": pb.STREAM_POLICY_LATEST}
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FrameError:
+    code: grpc.StatusCode
+    message: str
+
+
+@dataclass
+class SegmentResult:
+    frame_id: str
+    mask: np.ndarray | None  # (H, W) uint8 class ids at the frame's own size
+    overlay: np.ndarray | None  # BGR, the frame's size
+    timing: Timing
+    coverage: dict[str, float] = field(default_factory=dict)
+    model: str = ""
+    error: FrameError | None = None
+    dropped: bool = False  # skipped by a latest-policy stream
+    capture_time_us: int = 0
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+    input_size: tuple[int, int]  # (width, height)
+    labels: LabelMap
+    providers: list[str]
+    max_batch: int
+    dynamic_batch: bool
+    sha256: str
+
+
+def is_loopback(target: str) -> bool:
+    host = target.rsplit(":", 1)[0].strip("[]")
+    if host in ("localhost", "") or target.startswith("unix:"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _status_code(value: int) -> grpc.StatusCode:
+    return next((s for s in grpc.StatusCode if s.value[0] == value), grpc.StatusCode.UNKNOWN)
+
+
+class SegmenterClient:
+    """A channel to one server. Thread-safe: ``segment`` may be called from many threads."""
+
+    def __init__(
+        self,
+        target: str = "localhost:50051",
+        *,
+        token: str | None = None,
+        root_certificates: Path | bytes | None = None,
+        client_cert: tuple[Path, Path] | None = None,
+        send: str = "auto",
+        jpeg_quality: int = 90,
+        timeout: float | None = 30.0,
+    ):
+        """``send``: how numpy frames travel: ``raw`` pixels, ``jpeg``, or ``auto`` (raw on loopback)."""
+        self.target = target
+        self.loopback = is_loopback(target)
+        self.send = ("raw" if self.loopback else "jpeg") if send == "auto" else send
+        if self.send not in ("raw", "jpeg"):
+            raise ValueError(f"send must be auto, raw or jpeg, got {send!r}")
+        self.jpeg_quality = jpeg_quality
+        self.timeout = timeout
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
+        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+        if root_certificates is not None or client_cert is not None:
+            def read(p: Path | bytes | None) -> bytes | None:
+                return p if isinstance(p, bytes) or p is None else Path(p).read_bytes()
+
+            key, chain = (read(client_cert[1]), read(client_cert[0])) if client_cert else (None, None)
+            creds = grpc.ssl_channel_credentials(read(root_certificates), key, chain)
+            self.channel = grpc.secure_channel(target, creds, options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
+        self.stub = pb_grpc.SegmenterStub(self.channel)
+        self._info: ModelInfo | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> SegmenterClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Block until the channel connects; raises grpc.FutureTimeoutError."""
+        grpc.channel_ready_future(self.channel).result(timeout=timeout)
+
+    # --- requests --------------------------------------------------------------------------------
+    def request(
+        self,
+        image: Image,
+        frame_id: str = "",
+        *,
+        overlay: str | None = None,
+        overlay_alpha: float = 0.5,
+        coverage: bool = False,
+        mask: bool = True,
+        policy: str | None = None,
+        capture_time_us: int = 0,
+    ) -> pb.SegmentRequest:
+        """The protobuf request for one frame (masks come at model size, raw on loopback, and are
+        upsampled here: the cheapest path for both sides)."""
+        msg = pb.SegmentRequest(frame_id=frame_id, capture_time_us=capture_time_us)
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            msg.encoded = bytes(image)
+        elif self.send == "raw":
+            frame = np.ascontiguousarray(image)
+            if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+                raise ValueError(f"expected a BGR uint8 (H, W, 3) image, got {frame.dtype} {frame.shape}")
+            height, width = frame.shape[:2]
+            msg.raw.CopyFrom(pb.RawImage(width=width, height=height, format=pb.PIXEL_FORMAT_BGR8,
+                                         data=frame.tobytes()))
+        else:
+            msg.encoded = codec.encode_jpeg(image, self.jpeg_quality)
+        opts = msg.outputs
+        if mask:
+            opts.mask = pb.MASK_ENCODING_RAW if self.loopback else pb.MASK_ENCODING_PNG
+            opts.mask_resolution = pb.MASK_RESOLUTION_MODEL
+        else:
+            opts.mask = pb.MASK_ENCODING_NONE
+        opts.overlay = _OVERLAYS[overlay]
+        opts.overlay_alpha = overlay_alpha
+        opts.coverage = coverage
+        if policy is not None:
+            msg.stream_policy = _POLICIES[policy]
+        return msg
+
+    def segment(self, image: Image, frame_id: str = "", *, timeout: float | None = None, **options) -> SegmentResult:
+        """Segment one frame. Raises grpc.RpcError with the server's status on failure."""
+        msg = self.request(image, frame_id, **options)
+        response = self.stub.Segment(msg, timeout=timeout or self.timeout, metadata=self._metadata)
+        return self.result(response, frame_size=self._frame_size(image, msg))
+
+    def stream(
+        self,
+        frames: Iterable[Image],
+        *,
+        policy: str = "queue",
+        timeout: float | None = None,
+        **options,
+    ) -> Iterator[SegmentResult]:
+        """Segment frames over one StreamSegment call; yields results in order, frame ids "0", "1", ..."""
+        sizes: dict[str, tuple[int, int] | None] = {}
+
+        def requests() -> Iterator[pb.SegmentRequest]:
+            for index, image in enumerate(frames):
+                msg = self.request(image, str(index), policy=policy if index == 0 else None,
+                                   capture_time_us=time.time_ns() // 1000, **options)
+                sizes[msg.frame_id] = self._frame_size(image, msg)
+                yield msg
+
+        for response in self.stub.StreamSegment(requests(), timeout=timeout, metadata=self._metadata):
+            yield self.result(response, sizes.pop(response.frame_id, None))
+
+    def model_info(self) -> ModelInfo:
+        info = self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout, metadata=self._metadata)
+        classes = tuple(ClassInfo(c.id, c.name, tuple(c.color_rgb)) for c in info.classes)  # type: ignore[arg-type]
+        self._info = ModelInfo(
+            name=info.name, version=info.version, input_size=(info.input_width, info.input_height),
+            labels=LabelMap(classes), providers=list(info.providers), max_batch=info.max_batch,
+            dynamic_batch=info.dynamic_batch, sha256=info.sha256,
+        )
+        return self._info
+
+    # --- responses -------------------------------------------------------------------------------
+    @staticmethod
+    def _frame_size(image: Image, msg: pb.SegmentRequest) -> tuple[int, int] | None:
+        if isinstance(image, np.ndarray):
+            return image.shape[1], image.shape[0]
+        try:
+            data = msg.encoded
+            return codec.png_size(data) if data.startswith(codec.PNG_MAGIC) else codec.jpeg_size(data)
+        except Exception:
+            return None  # the server will say what is wrong with it
+
+    @staticmethod
+    def result(response: pb.SegmentResponse, frame_size: tuple[int, int] | None = None) -> SegmentResult:
+        t = response.timing
+        timing = Timing(t.decode_us, t.queue_us, t.preprocess_us, t.inference_us, t.postprocess_us, t.encode_us,
+                        t.total_us, t.batch_size)
+        error = FrameError(_status_code(response.error.code), response.error.message) if response.HasField(
+            "error") else None
+        mask = None
+        if response.HasField("mask") and response.mask.data:
+            m = response.mask
+            if m.encoding == pb.MASK_ENCODING_RAW:
+                mask = np.frombuffer(m.data, np.uint8).reshape(m.height, m.width)
+            else:
+                mask = codec.decode_mask_png(m.data)
+            if frame_size is not None and (m.width, m.height) != frame_size:
+                mask = cv2.resize(mask, frame_size, interpolation=cv2.INTER_NEAREST)
+        overlay = None
+        if response.HasField("overlay") and response.overlay.data:
+            overlay = cv2.imdecode(np.frombuffer(response.overlay.data, np.uint8), cv2.IMREAD_COLOR)
+        return SegmentResult(
+            frame_id=response.frame_id,
+            mask=mask,
+            overlay=overlay,
+            timing=timing,
+            coverage={c.name: c.fraction for c in response.coverage},
+            model=response.model,
+            error=error,
+            dropped=response.dropped,
+            capture_time_us=response.capture_time_us,
+        )

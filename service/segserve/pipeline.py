@@ -1,0 +1,221 @@
+"""Frame -> result: decode -> resize -> batch -> engine -> mask resize -> colorize/overlay -> encode.
+
+Plain dataclasses in and out, no protobuf or grpc: the server translates, benchmarks call
+``Pipeline.process`` in-process, and every stage is timed into a ``Timing``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from enum import Enum
+
+import cv2
+import numpy as np
+
+from segserve import codec
+from segserve.batcher import UNARY_LANE, Batcher, BatchResult
+from segserve.errors import InvalidFrame, InvalidOptions
+from segserve.graph import ModelMetadata
+from segserve.labels import mask_to_training_rgb
+
+
+class MaskFormat(Enum):
+    NONE = "none"
+    RAW = "raw"
+    PNG = "png"
+    PNG_RGB = "png_rgb"  # the training format's (k,k,k) image
+
+
+class MaskResolution(Enum):
+    FRAME = "frame"
+    MODEL = "model"
+
+
+class OverlayFormat(Enum):
+    NONE = "none"
+    JPEG = "jpeg"
+    PNG = "png"
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    mask: MaskFormat = MaskFormat.PNG
+    mask_resolution: MaskResolution = MaskResolution.FRAME
+    overlay: OverlayFormat = OverlayFormat.NONE
+    overlay_alpha: float = 0.5
+    jpeg_quality: int = 85
+    coverage: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.overlay_alpha <= 1.0:
+            raise InvalidOptions(f"overlay_alpha must be within 0..1, got {self.overlay_alpha}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise InvalidOptions(f"overlay_jpeg_quality must be within 1..100, got {self.jpeg_quality}")
+
+
+@dataclass
+class FrameRequest:
+    frame_id: str = ""
+    encoded: bytes | None = None
+    raw: codec.RawFrame | None = None
+    options: OutputOptions = field(default_factory=OutputOptions)
+    deadline: float | None = None  # time.monotonic() seconds
+    lane: Hashable = UNARY_LANE
+    is_cancelled: Callable[[], bool] | None = None
+    capture_time_us: int = 0
+
+
+@dataclass
+class Timing:
+    decode_us: int = 0
+    queue_us: int = 0
+    preprocess_us: int = 0
+    inference_us: int = 0
+    postprocess_us: int = 0
+    encode_us: int = 0
+    total_us: int = 0
+    batch_size: int = 0
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    width: int
+    height: int
+    format: MaskFormat | OverlayFormat
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Coverage:
+    class_id: int
+    name: str
+    fraction: float
+
+
+@dataclass
+class FrameResult:
+    frame_id: str
+    model: str
+    timing: Timing
+    mask: EncodedImage | None = None
+    overlay: EncodedImage | None = None
+    coverage: list[Coverage] = field(default_factory=list)
+    capture_time_us: int = 0
+
+
+def _us(start: float, end: float) -> int:
+    return int((end - start) * 1e6)
+
+
+class Pipeline:
+    """Thread-safe; call ``process`` from as many threads as there are frames in flight."""
+
+    def __init__(self, metadata: ModelMetadata, batcher: Batcher, limits: codec.Limits = codec.Limits()):
+        self.metadata = metadata
+        self.batcher = batcher
+        self.limits = limits
+        self.model_id = f"{metadata.name}@{metadata.version}"
+        self._model_wh = (metadata.input_width, metadata.input_height)
+        self._names = metadata.labels.names
+
+    def decode(self, request: FrameRequest) -> np.ndarray:
+        if request.raw is not None:
+            return codec.decode_raw(request.raw, self.limits)
+        if request.encoded is None:
+            raise InvalidFrame("request has no frame: set `encoded` (JPEG/PNG bytes) or `raw`")
+        return codec.decode_encoded(request.encoded, self.limits)
+
+    def preprocess(self, frame: np.ndarray) -> np.ndarray:
+        """BGR frame -> RGB at the model's input size (normalisation happens in the graph)."""
+        resized = frame if frame.shape[1::-1] == self._model_wh else cv2.resize(
+            frame, self._model_wh, interpolation=cv2.INTER_LINEAR
+        )
+        return cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
+
+    def process(self, request: FrameRequest) -> FrameResult:
+        """Run one frame end to end. Raises a SegserveError subclass for anything the caller did wrong."""
+        t0 = time.perf_counter()
+        self.batcher.announce()
+        try:
+            frame = self.decode(request)
+            t1 = time.perf_counter()
+            model_input = self.preprocess(frame)
+        except BaseException:
+            self.batcher.withdraw()
+            raise
+        t2 = time.perf_counter()
+        future = self.batcher.submit(
+            model_input, lane=request.lane, deadline=request.deadline, is_cancelled=request.is_cancelled,
+            announced=True,
+        )
+        batch: BatchResult = future.result()
+        result = self.postprocess_and_encode(frame, batch.labels, request)
+        t3 = time.perf_counter()
+        result.timing.decode_us = _us(t0, t1)
+        result.timing.preprocess_us = _us(t1, t2) + batch.stack_us
+        result.timing.queue_us = batch.queue_us
+        result.timing.inference_us = batch.inference_us
+        result.timing.batch_size = batch.batch_size
+        result.timing.total_us = _us(t0, t3)
+        return result
+
+    def postprocess_and_encode(self, frame: np.ndarray, labels: np.ndarray, request: FrameRequest) -> FrameResult:
+        opts = request.options
+        height, width = frame.shape[:2]
+        t0 = time.perf_counter()
+        at_frame = (width, height) != self._model_wh
+        mask = labels
+        if opts.mask is not MaskFormat.NONE and opts.mask_resolution is MaskResolution.FRAME and at_frame:
+            mask = cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST)
+        coverage = self.coverage(mask) if opts.coverage else []
+        overlay_image = None
+        if opts.overlay is not OverlayFormat.NONE:
+            colours = self.metadata.labels.colorize(labels)
+            if at_frame:
+                colours = cv2.resize(colours, (width, height), interpolation=cv2.INTER_NEAREST)
+            overlay_image = cv2.addWeighted(frame, 1.0 - opts.overlay_alpha, colours, opts.overlay_alpha, 0.0)
+        t1 = time.perf_counter()
+
+        mask_out = self.encode_mask(mask, opts.mask)
+        overlay_out = None
+        if overlay_image is not None:
+            data = (
+                codec.encode_jpeg(overlay_image, opts.jpeg_quality)
+                if opts.overlay is OverlayFormat.JPEG
+                else codec.encode_png(overlay_image)
+            )
+            overlay_out = EncodedImage(width, height, opts.overlay, data)
+        t2 = time.perf_counter()
+        timing = Timing(postprocess_us=_us(t0, t1), encode_us=_us(t1, t2))
+        return FrameResult(
+            frame_id=request.frame_id,
+            model=self.model_id,
+            timing=timing,
+            mask=mask_out,
+            overlay=overlay_out,
+            coverage=coverage,
+            capture_time_us=request.capture_time_us,
+        )
+
+    @staticmethod
+    def encode_mask(mask: np.ndarray, fmt: MaskFormat) -> EncodedImage | None:
+        height, width = mask.shape
+        if fmt is MaskFormat.NONE:
+            return None
+        if fmt is MaskFormat.RAW:
+            data = mask.tobytes()
+        elif fmt is MaskFormat.PNG:
+            data = codec.encode_png(mask)
+        else:
+            data = codec.encode_png(mask_to_training_rgb(mask))
+        return EncodedImage(width, height, fmt, data)
+
+    def coverage(self, mask: np.ndarray) -> list[Coverage]:
+        hist = cv2.calcHist([mask], [0], None, [256], [0, 256]).ravel()
+        total = float(mask.size)
+        return [
+            Coverage(int(k), self._names.get(int(k), f"class_{int(k)}"), float(hist[k]) / total)
+            for k in np.flatnonzero(hist)
+        ]

@@ -1,0 +1,283 @@
+"""The gRPC server: a thin servicer over the pipeline, health, reflection, auth, metrics, drain.
+
+Nothing here decides how frames are processed; it translates protobuf <-> pipeline dataclasses,
+admits work within the configured bounds and maps SegserveError to gRPC status codes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from segserve import protocol
+from segserve._proto.segmentation.v1 import segmentation_pb2 as pb
+from segserve._proto.segmentation.v1 import segmentation_pb2_grpc as pb_grpc
+from segserve.admission import Admission
+from segserve.auth import TokenAuthInterceptor, server_credentials
+from segserve.batcher import Batcher
+from segserve.codec import Limits
+from segserve.engine import Engine, EngineConfig
+from segserve.errors import SegserveError, ShuttingDown
+from segserve.metrics import Metrics
+from segserve.pipeline import FrameRequest, Pipeline
+from segserve.streams import StreamLimits, StreamSession
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Segmenter"].full_name
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    cert: Path
+    key: Path
+    client_ca: Path | None = None  # set for mutual TLS
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "0.0.0.0"
+    port: int = 50051
+    max_message_bytes: int = 64 * 1024 * 1024  # a 4K raw frame is 24.9 MB
+    max_inflight: int = 32  # frames admitted and not yet answered, all callers together
+    max_streams: int = 32
+    max_inflight_per_stream: int = 4
+    max_batch: int = 8
+    max_delay_ms: float = 2.0
+    grace_s: float = 10.0
+    token: str | None = None
+    tls: TlsConfig | None = None
+    metrics_port: int | None = None
+    limits: Limits = field(default_factory=Limits)
+
+
+def _code(exc: SegserveError) -> grpc.StatusCode:
+    return grpc.StatusCode[exc.status]
+
+
+class Service:
+    """Engine + batcher + pipeline + admission: everything a server needs, without grpc wiring."""
+
+    def __init__(self, engine: Engine, config: ServerConfig, metrics: Metrics | None = None):
+        self.engine = engine
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.batcher = Batcher(
+            engine.run,
+            max_batch=min(config.max_batch, engine.max_batch) if engine.metadata.dynamic_batch else config.max_batch,
+            max_delay_s=config.max_delay_ms / 1000.0,
+            max_queue=config.max_inflight,
+            on_batch=self.metrics.batch_size.observe,
+        )
+        self.pipeline = Pipeline(engine.metadata, self.batcher, config.limits)
+        self.admission = Admission(config.max_inflight)
+        self.streams = Admission(config.max_streams)
+        self.pool = ThreadPoolExecutor(max_workers=config.max_inflight, thread_name_prefix="segserve-frame")
+        self.draining = threading.Event()
+        self._sessions: set[StreamSession] = set()
+        self._sessions_lock = threading.Lock()
+
+    @classmethod
+    def from_model(cls, engine_config: EngineConfig, config: ServerConfig) -> Service:
+        engine = Engine(engine_config)
+        engine.warm_up()
+        return cls(engine, config)
+
+    def model_info(self) -> pb.ModelInfo:
+        return protocol.model_info_to_proto(
+            self.engine.metadata, self.engine.providers, self.batcher.max_batch, self.engine.sha256
+        )
+
+    def process(self, request: FrameRequest, method: str) -> pb.SegmentResponse:
+        """Process one admitted frame. Raises SegserveError (an unexpected failure becomes INTERNAL)."""
+        metrics = self.metrics
+        metrics.inflight.inc()
+        metrics.queue_depth.set(self.batcher.depth)
+        try:
+            result = self.pipeline.process(request)
+        except SegserveError as exc:
+            metrics.errors.labels(method, exc.status).inc()
+            log.info("frame %r refused: %s %s", request.frame_id, exc.status, exc)
+            raise
+        except Exception as exc:
+            metrics.errors.labels(method, "INTERNAL").inc()
+            log.exception("frame %r failed", request.frame_id)
+            raise SegserveError(f"internal error: {exc}") from exc
+        finally:
+            metrics.inflight.dec()
+        metrics.request_latency.labels(method).observe(result.timing.total_us / 1e6)
+        metrics.observe_timing(result.timing)
+        return protocol.response_from_result(result)
+
+    def answer(self, request: FrameRequest, method: str) -> pb.SegmentResponse:
+        """Like ``process`` but a failure becomes the frame's error response (for streams)."""
+        try:
+            return self.process(request, method)
+        except SegserveError as exc:
+            return protocol.error_response(request.frame_id, _code(exc).value[0], str(exc), request.capture_time_us)
+
+    def begin_drain(self) -> None:
+        self.draining.set()
+        with self._sessions_lock:
+            for session in self._sessions:
+                session.stop_accepting()
+
+    def register(self, session: StreamSession) -> None:
+        with self._sessions_lock:
+            self._sessions.add(session)
+            if self.draining.is_set():
+                session.stop_accepting()
+        self.metrics.streams.inc()
+
+    def unregister(self, session: StreamSession) -> None:
+        with self._sessions_lock:
+            self._sessions.discard(session)
+        self.metrics.streams.dec()
+
+    def close(self) -> None:
+        self.batcher.close(drain=True, timeout=30)
+        self.pool.shutdown(wait=True)
+
+
+def _deadline(context: grpc.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+class SegmenterServicer(pb_grpc.SegmenterServicer):
+    def __init__(self, service: Service):
+        self.service = service
+
+    def _refuse_when_draining(self, context: grpc.ServicerContext) -> None:
+        if self.service.draining.is_set():
+            context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down; retry on another instance")
+
+    def GetModelInfo(self, request, context):
+        return self.service.model_info()
+
+    def Segment(self, request: pb.SegmentRequest, context: grpc.ServicerContext) -> pb.SegmentResponse:
+        self._refuse_when_draining(context)
+        service = self.service
+        service.metrics.requests.labels("Segment").inc()
+        try:
+            frame = protocol.request_from_proto(request)
+        except SegserveError as exc:
+            service.metrics.errors.labels("Segment", exc.status).inc()
+            context.abort(_code(exc), str(exc))
+        if not service.admission.try_acquire():
+            service.metrics.errors.labels("Segment", "RESOURCE_EXHAUSTED").inc()
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"server busy: {service.admission.limit} frames in flight; retry with backoff",
+            )
+        frame.deadline = _deadline(context)
+        frame.is_cancelled = lambda: not context.is_active()
+        try:
+            return service.process(frame, "Segment")
+        except SegserveError as exc:
+            context.abort(_code(exc), str(exc))
+        finally:
+            service.admission.release()
+
+    def StreamSegment(self, request_iterator, context: grpc.ServicerContext):
+        self._refuse_when_draining(context)
+        service = self.service
+        if not service.streams.try_acquire():
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"too many open streams (limit {service.streams.limit})"
+            )
+        session = StreamSession(
+            run=service.answer,
+            pool=service.pool,
+            admission=service.admission,
+            limits=StreamLimits(service.config.max_inflight_per_stream),
+            deadline=_deadline(context),
+            on_dropped=service.metrics.dropped.inc,
+            on_request=service.metrics.requests.labels("StreamSegment").inc,
+        )
+        context.add_callback(session.cancel)
+        service.register(session)
+        reader = threading.Thread(target=session.read, args=(request_iterator,), name="segserve-stream-reader")
+        reader.start()
+        try:
+            yield from session.responses()
+            if service.draining.is_set() and not session.cancelled.is_set():
+                context.set_code(grpc.StatusCode.UNAVAILABLE)
+                context.set_details("server is shutting down: every accepted frame was answered; reconnect")
+        finally:
+            service.unregister(session)
+            service.streams.release()
+
+
+@dataclass
+class RunningServer:
+    server: grpc.Server
+    port: int
+    service: Service
+    health: health.HealthServicer
+    metrics_http: object | None = None
+
+    def drain_and_stop(self, grace_s: float | None = None) -> None:
+        """Graceful shutdown: NOT_SERVING, refuse new calls, answer what was accepted, stop."""
+        grace = self.service.config.grace_s if grace_s is None else grace_s
+        log.info("draining: health NOT_SERVING, refusing new calls, %.1fs grace", grace)
+        self.health.enter_graceful_shutdown()
+        self.service.begin_drain()
+        self.server.stop(grace).wait(grace + 1)
+        self.service.close()
+        if self.metrics_http is not None:
+            self.metrics_http[0].shutdown()
+        log.info("stopped")
+
+
+def create_server(service: Service, config: ServerConfig | None = None) -> RunningServer:
+    """Build and start a server for ``service``; ``config.port`` 0 picks a free port."""
+    config = config or service.config
+    options = [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.keepalive_time_ms", 30_000),  # find dead peers so a vanished reader frees its stream
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.so_reuseport", 0),
+    ]
+    interceptors = [TokenAuthInterceptor(config.token)] if config.token else []
+    rpc_threads = config.max_streams + config.max_inflight + 8
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=rpc_threads, thread_name_prefix="segserve-rpc"),
+        options=options,
+        interceptors=interceptors,
+        maximum_concurrent_rpcs=rpc_threads,
+    )
+    pb_grpc.add_SegmenterServicer_to_server(SegmenterServicer(service), server)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+    )
+    address = f"{config.host}:{config.port}"
+    if config.tls is not None:
+        port = server.add_secure_port(address, server_credentials(config.tls.cert, config.tls.key, config.tls.client_ca))
+    else:
+        port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"could not bind {address}")
+    server.start()
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    metrics_http = service.metrics.serve_http(config.metrics_port) if config.metrics_port is not None else None
+    log.info(
+        "serving %s on %s (pid %d, providers %s, tls %s, auth %s)",
+        service.pipeline.model_id, f"{config.host}:{port}", os.getpid(), service.engine.providers,
+        "on" if config.tls else "off", "token" if config.token else "off",
+    )
+    return RunningServer(server, port, service, health_servicer, metrics_http)
