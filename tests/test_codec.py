@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+from frames import jpeg, png, street_frame
+
+from segserve import codec
+from segserve.errors import FrameTooLarge, InvalidFrame
+
+FRAME = street_frame(320, 240)
+
+
+def test_jpeg_and_png_decode_to_bgr_with_header_sizes():
+    data = jpeg(FRAME)
+    assert codec.jpeg_size(data) == (320, 240)
+    assert codec.decode_encoded(data).shape == (240, 320, 3)
+    lossless = codec.decode_encoded(png(FRAME))
+    assert np.array_equal(lossless, FRAME)
+
+
+def test_raw_rgb_is_converted_to_bgr():
+    rgb = FRAME[..., ::-1].copy()
+    raw = codec.RawFrame(320, 240, codec.PixelFormat.RGB, rgb.tobytes())
+    assert np.array_equal(codec.decode_raw(raw), FRAME)
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"", "empty frame"),
+    (b"\x00\x01garbage", "neither JPEG nor PNG"),
+    (jpeg(FRAME)[:2000], "truncated"),
+    (png(FRAME)[:20], "truncated or corrupt PNG"),
+    (png(FRAME)[:-300], "corrupt PNG"),
+])
+def test_bad_encoded_frames_say_what_is_wrong(data, message):
+    with pytest.raises(InvalidFrame, match=message):
+        codec.decode_encoded(data)
+
+
+def test_raw_byte_count_must_match():
+    raw = codec.RawFrame(10, 10, codec.PixelFormat.BGR, b"\x00" * 299)
+    with pytest.raises(InvalidFrame, match="299 bytes but 10x10x3 needs 300"):
+        codec.decode_raw(raw)
+
+
+def test_zero_and_enormous_sizes():
+    with pytest.raises(InvalidFrame, match="zero size"):
+        codec.decode_raw(codec.RawFrame(0, 10, codec.PixelFormat.BGR, b""))
+    with pytest.raises(FrameTooLarge, match="over the limit"):
+        codec.decode_raw(codec.RawFrame(100_000, 100_000, codec.PixelFormat.BGR, b""))
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    data = bytearray(png(FRAME))
+    data[16:24] = (60000).to_bytes(4, "big") + (60000).to_bytes(4, "big")  # IHDR claims 60000x60000
+    with pytest.raises(FrameTooLarge):
+        codec.decode_encoded(bytes(data))
+
+
+def test_byte_limit():
+    with pytest.raises(FrameTooLarge, match="bytes, over the limit"):
+        codec.decode_encoded(jpeg(FRAME), codec.Limits(max_frame_bytes=100))
+
+
+def test_mask_png_round_trip():
+    mask = np.random.default_rng(1).integers(0, 12, (50, 70), dtype=np.uint8)
+    assert np.array_equal(codec.decode_mask_png(codec.encode_png(mask)), mask)
+    rgb = np.dstack([mask] * 3)
+    assert np.array_equal(codec.decode_mask_png(codec.encode_png(rgb)), mask)

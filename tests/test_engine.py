@@ -1,0 +1,46 @@
+import numpy as np
+import onnx
+import pytest
+from modelgen import float_logits_model
+
+from segserve.engine import Engine, EngineConfig
+
+
+@pytest.fixture
+def frames():
+    return np.random.default_rng(2).integers(0, 256, (5, 96, 128, 3), dtype=np.uint8)
+
+
+def test_run_returns_uint8_ids_and_batches_equal_singles(toy_model, frames):
+    engine = Engine(EngineConfig(toy_model, max_batch=4))
+    assert engine.providers[-1] == "CPUExecutionProvider"
+    batch = engine.run(frames)  # 5 > max_batch: split into 4 + 1
+    assert batch.dtype == np.uint8 and batch.shape == (5, 96, 128)
+    singles = np.concatenate([engine.run(frames[i : i + 1]) for i in range(5)])
+    assert np.array_equal(batch, singles)
+
+
+def test_io_binding_path_reuses_buffers_and_matches(toy_model, frames):
+    plain = Engine(EngineConfig(toy_model, io_binding=False))
+    bound = Engine(EngineConfig(toy_model, io_binding=True))
+    first = bound.run(frames[:2])
+    buffers = bound.buffers_for(2)
+    assert np.array_equal(first, plain.run(frames[:2]))
+    second = bound.run(frames[2:4])
+    assert bound.buffers_for(2) is buffers  # no new allocation for a batch size seen before
+    assert np.array_equal(second, plain.run(frames[2:4]))
+    assert buffers.input.shape() == [2, 96, 128, 3] and buffers.output.shape() == [2, 96, 128]
+
+
+def test_static_batch_one_model_is_run_frame_by_frame(tmp_path, frames):
+    path = tmp_path / "static.onnx"
+    onnx.save(float_logits_model(height=96, width=128, batch=1), str(path))
+    engine = Engine(EngineConfig(path, max_batch=8))
+    assert engine.max_batch == 1 and not engine.metadata.dynamic_batch
+    assert engine.run(frames).shape == (5, 96, 128)
+
+
+def test_wrong_shape_is_refused(toy_model):
+    engine = Engine(EngineConfig(toy_model))
+    with pytest.raises(ValueError, match=r"expects uint8 \[N, 96, 128, 3\]"):
+        engine.run(np.zeros((1, 10, 10, 3), np.uint8))

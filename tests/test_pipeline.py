@@ -1,0 +1,55 @@
+import cv2
+import numpy as np
+import pytest
+from frames import jpeg, street_frame
+
+from segserve import codec
+from segserve.batcher import Batcher
+from segserve.engine import Engine, EngineConfig
+from segserve.errors import InvalidFrame, InvalidOptions
+from segserve.pipeline import FrameRequest, MaskFormat, MaskResolution, OutputOptions, OverlayFormat, Pipeline
+
+
+@pytest.fixture(scope="module")
+def pipeline(toy_model):
+    engine = Engine(EngineConfig(toy_model))
+    batcher = Batcher(engine.run, max_batch=4)
+    yield Pipeline(engine.metadata, batcher), engine
+    batcher.close()
+
+
+def test_full_resolution_outputs_match_the_engine(pipeline):
+    pipe, engine = pipeline
+    frame = street_frame(640, 360)
+    opts = OutputOptions(mask=MaskFormat.RAW, overlay=OverlayFormat.PNG, overlay_alpha=1.0, coverage=True)
+    result = pipe.process(FrameRequest("f1", encoded=jpeg(frame), options=opts))
+    decoded = codec.decode_encoded(jpeg(frame))
+    expected_small = engine.run(pipe.preprocess(decoded)[None])[0]
+    expected = cv2.resize(expected_small, (640, 360), interpolation=cv2.INTER_NEAREST)
+    mask = np.frombuffer(result.mask.data, np.uint8).reshape(360, 640)
+    assert np.array_equal(mask, expected)
+    overlay = cv2.imdecode(np.frombuffer(result.overlay.data, np.uint8), cv2.IMREAD_COLOR)
+    assert np.array_equal(overlay, engine.metadata.labels.colorize(expected))  # alpha 1: pure class colours
+    assert abs(sum(c.fraction for c in result.coverage) - 1.0) < 1e-5
+    t = result.timing
+    assert t.batch_size == 1 and t.total_us >= t.decode_us + t.postprocess_us + t.encode_us > 0
+
+
+def test_model_resolution_and_training_format(pipeline):
+    pipe, _ = pipeline
+    raw = codec.RawFrame(200, 100, codec.PixelFormat.BGR, street_frame(200, 100).tobytes())
+    opts = OutputOptions(mask=MaskFormat.PNG_RGB, mask_resolution=MaskResolution.MODEL)
+    result = pipe.process(FrameRequest("f2", raw=raw, options=opts))
+    rgb = cv2.imdecode(np.frombuffer(result.mask.data, np.uint8), cv2.IMREAD_COLOR)
+    assert rgb.shape == (96, 128, 3) and (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()
+    assert (result.mask.width, result.mask.height) == (128, 96)
+
+
+def test_errors_are_typed(pipeline):
+    pipe, _ = pipeline
+    with pytest.raises(InvalidFrame, match="no frame"):
+        pipe.process(FrameRequest("x"))
+    with pytest.raises(InvalidOptions, match="overlay_alpha"):
+        OutputOptions(overlay_alpha=2.0)
+    with pytest.raises(InvalidOptions, match="jpeg_quality"):
+        OutputOptions(jpeg_quality=0)
