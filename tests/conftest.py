@@ -10,17 +10,18 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/modelgen.py for every test folder
 
-from modelgen import served_model_file  # noqa: E402
-
-from segserve.engine import EngineConfig  # noqa: E402
-from segserve.server import RunningServer, ServerConfig, Service, create_server  # noqa: E402
+from modelgen import served_model_file
+from segserve.engine import EngineConfig
+from segserve.server import RunningServer, ServerConfig, Service, create_server
 
 MODEL_HW = (96, 128)
 
 
 @pytest.fixture(scope="session")
 def toy_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return served_model_file(tmp_path_factory.mktemp("models") / "toy.onnx", height=MODEL_HW[0], width=MODEL_HW[1])
+    return served_model_file(
+        tmp_path_factory.mktemp("models") / "toy.onnx", height=MODEL_HW[0], width=MODEL_HW[1]
+    )
 
 
 def start_server(model: Path, **config) -> RunningServer:

@@ -11,9 +11,13 @@ def street_frame(width: int = 1920, height: int = 1080, seed: int = 0) -> np.nda
     rng = np.random.default_rng(seed)
     frame = np.zeros((height, width, 3), np.uint8)
     horizon = height // 2
-    frame[:horizon] = np.linspace(250, 150, horizon, dtype=np.uint8)[:, None, None] * np.array([1.0, 0.85, 0.6])
+    frame[:horizon] = np.linspace(250, 150, horizon, dtype=np.uint8)[:, None, None] * np.array(
+        [1.0, 0.85, 0.6]
+    )
     frame[horizon:] = (90, 90, 90)
-    cv2.fillPoly(frame, [np.array([[0, height], [0, horizon + 40], [width // 3, horizon]], np.int32)], (40, 140, 60))
+    cv2.fillPoly(
+        frame, [np.array([[0, height], [0, horizon + 40], [width // 3, horizon]], np.int32)], (40, 140, 60)
+    )
     for _ in range(3):
         x = int(rng.integers(0, width - width // 10))
         y = int(rng.integers(horizon, height - height // 12))

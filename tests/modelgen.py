@@ -11,13 +11,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-
 from segserve.graph import prepare_model
 from segserve.labels import LabelMap
 
 
 def float_logits_model(
-    num_classes: int = 6, height: int = 48, width: int = 64, stride: int = 1, seed: int = 0, batch: int | str = "N"
+    num_classes: int = 6,
+    height: int = 48,
+    width: int = 64,
+    stride: int = 1,
+    seed: int = 0,
+    batch: int | str = "N",
 ) -> onnx.ModelProto:
     """A 3x3 conv over colour (seeded weights), optionally average-pooled to a coarser stride."""
     rng = np.random.default_rng(seed)
@@ -26,8 +30,11 @@ def float_logits_model(
     nodes = [helper.make_node("Conv", ["input", "w", "b"], ["conv"], pads=[1, 1, 1, 1])]
     out_h, out_w = height, width
     if stride > 1:
-        nodes.append(helper.make_node("AveragePool", ["conv"], ["logits"], kernel_shape=[stride, stride],
-                                      strides=[stride, stride]))
+        nodes.append(
+            helper.make_node(
+                "AveragePool", ["conv"], ["logits"], kernel_shape=[stride, stride], strides=[stride, stride]
+            )
+        )
         out_h, out_w = height // stride, width // stride
     else:
         nodes.append(helper.make_node("Identity", ["conv"], ["logits"]))

@@ -3,7 +3,6 @@ import time
 
 import numpy as np
 import pytest
-
 from segserve.batcher import Batcher
 from segserve.errors import Cancelled, DeadlineExceeded, Overloaded, ShuttingDown
 
@@ -110,4 +109,19 @@ def test_engine_failure_reaches_callers_and_worker_survives():
     with pytest.raises(RuntimeError, match="boom"):
         batcher.submit(frame(1)).result(5)
     assert batcher.submit(frame(2)).result(5).labels[0, 0] == 2
+    batcher.close()
+
+
+def test_frames_of_different_sizes_never_share_a_batch():
+    engine = SlowEngine()
+    engine.gate.clear()
+    batcher = Batcher(engine, max_batch=8, max_delay_s=0.0)
+    first = batcher.submit(frame(0), lane="a")
+    time.sleep(0.05)
+    small = [batcher.submit(frame(1), lane=f"s{i}") for i in range(3)]
+    big = [batcher.submit(np.zeros((8, 8, 3), np.uint8), lane=f"b{i}") for i in range(2)]
+    engine.gate.set()
+    for f in [first, *small, *big]:
+        f.result(5)
+    assert sorted(engine.sizes) == [1, 2, 3]
     batcher.close()

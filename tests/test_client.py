@@ -6,7 +6,6 @@ import grpc
 import numpy as np
 import pytest
 from frames import jpeg, street_frame
-
 from segserve.client import SegmenterClient, is_loopback
 
 
@@ -58,8 +57,12 @@ def test_cli_segment_writes_outputs(target, tmp_path):
     image = tmp_path / "frame.jpg"
     cv2.imwrite(str(image), street_frame(800, 600))
     out = tmp_path / "out"
-    run = subprocess.run([sys.executable, "-m", "segserve", "segment", str(image), "--out", str(out),
-                          "--server", target], capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-m", "segserve", "segment", str(image), "--out", str(out), "--server", target],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 0, run.stderr
     mask = cv2.imread(str(out / "frame_mask.png"), cv2.IMREAD_UNCHANGED)
     labels = cv2.imread(str(out / "frame_labels.png"))
@@ -70,7 +73,11 @@ def test_cli_segment_writes_outputs(target, tmp_path):
 def test_cli_segment_with_server_down_is_one_line(tmp_path):
     image = tmp_path / "frame.jpg"
     cv2.imwrite(str(image), street_frame(64, 48))
-    run = subprocess.run([sys.executable, "-m", "segserve", "segment", str(image), "--server", "127.0.0.1:1"],
-                         capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-m", "segserve", "segment", str(image), "--server", "127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 1 and run.stderr.startswith("error: UNAVAILABLE")
     assert "Traceback" not in run.stderr

@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 from frames import jpeg, png, street_frame
-
 from segserve import codec
 from segserve.errors import FrameTooLarge, InvalidFrame
 
@@ -22,13 +21,16 @@ def test_raw_rgb_is_converted_to_bgr():
     assert np.array_equal(codec.decode_raw(raw), FRAME)
 
 
-@pytest.mark.parametrize("data, message", [
-    (b"", "empty frame"),
-    (b"\x00\x01garbage", "neither JPEG nor PNG"),
-    (jpeg(FRAME)[:2000], "truncated"),
-    (png(FRAME)[:20], "truncated or corrupt PNG"),
-    (png(FRAME)[:-300], "corrupt PNG"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "empty frame"),
+        (b"\x00\x01garbage", "neither JPEG nor PNG"),
+        (jpeg(FRAME)[:2000], "truncated"),
+        (png(FRAME)[:20], "truncated or corrupt PNG"),
+        (png(FRAME)[:-300], "corrupt PNG"),
+    ],
+)
 def test_bad_encoded_frames_say_what_is_wrong(data, message):
     with pytest.raises(InvalidFrame, match=message):
         codec.decode_encoded(data)

@@ -2,7 +2,6 @@ import numpy as np
 import onnx
 import pytest
 from modelgen import float_logits_model
-
 from segserve.engine import Engine, EngineConfig
 
 
@@ -24,10 +23,10 @@ def test_io_binding_path_reuses_buffers_and_matches(toy_model, frames):
     plain = Engine(EngineConfig(toy_model, io_binding=False))
     bound = Engine(EngineConfig(toy_model, io_binding=True))
     first = bound.run(frames[:2])
-    buffers = bound.buffers_for(2)
+    buffers = bound.buffers_for((2, 96, 128, 3))
     assert np.array_equal(first, plain.run(frames[:2]))
     second = bound.run(frames[2:4])
-    assert bound.buffers_for(2) is buffers  # no new allocation for a batch size seen before
+    assert bound.buffers_for((2, 96, 128, 3)) is buffers  # no new allocation for a batch size seen before
     assert np.array_equal(second, plain.run(frames[2:4]))
     assert buffers.input.shape() == [2, 96, 128, 3] and buffers.output.shape() == [2, 96, 128]
 
@@ -44,3 +43,32 @@ def test_wrong_shape_is_refused(toy_model):
     engine = Engine(EngineConfig(toy_model))
     with pytest.raises(ValueError, match=r"expects uint8 \[N, 96, 128, 3\]"):
         engine.run(np.zeros((1, 10, 10, 3), np.uint8))
+
+
+def test_resize_in_graph_takes_bgr_frames_of_any_size(toy_model):
+    import cv2
+
+    outside = Engine(EngineConfig(toy_model))
+    inside = Engine(EngineConfig(toy_model, resize_in_graph=True))
+    frame = np.random.default_rng(3).integers(0, 256, (1, 300, 400, 3), dtype=np.uint8)
+    rgb = cv2.cvtColor(cv2.resize(frame[0], (128, 96), interpolation=cv2.INTER_LINEAR), cv2.COLOR_BGR2RGB)
+    assert inside.run(frame).shape == (1, 96, 128)
+    # Same resize kernel up to rounding: masks agree on almost every pixel.
+    assert np.mean(inside.run(frame) == outside.run(rgb[None])) > 0.97
+
+
+def test_auto_falls_back_when_a_gpu_provider_fails_to_start(toy_model, monkeypatch):
+    from segserve import engine as engine_module
+    from segserve import providers as prov
+
+    real = engine_module._session
+    monkeypatch.setattr(engine_module.ort, "get_available_providers", lambda: [prov.CUDA, prov.CPU])
+
+    def fake_session(model_bytes, options, providers, provider_options):
+        if providers[0] == prov.CUDA:
+            raise RuntimeError("libcudart.so: cannot open shared object file")
+        return real(model_bytes, options, providers, provider_options)
+
+    monkeypatch.setattr(engine_module, "_session", fake_session)
+    engine = Engine(EngineConfig(toy_model, providers="auto"))
+    assert engine.providers == [prov.CPU] and engine.device == "cpu" and not engine.io_binding

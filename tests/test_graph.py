@@ -4,7 +4,6 @@ import onnxruntime as ort
 import pytest
 from modelgen import float_logits_model
 from onnx import TensorProto, helper
-
 from segserve.errors import ModelError
 from segserve.graph import IMAGENET_MEAN, IMAGENET_STD, prepare_model
 
@@ -15,7 +14,9 @@ def _session(model: onnx.ModelProto) -> ort.InferenceSession:
 
 def _by_hand(model: onnx.ModelProto, rgb: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
     """The float model run the plain way: numpy normalisation, NCHW, numpy argmax."""
-    x = ((rgb.astype(np.float32) - np.array(mean, np.float32)) / np.array(std, np.float32)).transpose(0, 3, 1, 2)
+    x = ((rgb.astype(np.float32) - np.array(mean, np.float32)) / np.array(std, np.float32)).transpose(
+        0, 3, 1, 2
+    )
     logits = _session(model).run(None, {"input": np.ascontiguousarray(x)})[0]
     return logits.argmax(axis=1).astype(np.uint8)
 
@@ -55,9 +56,13 @@ def test_mean_and_std_from_metadata_are_used(frames):
 def test_served_model_with_int64_ids_gets_a_cast():
     inp = helper.make_tensor_value_info("images", TensorProto.UINT8, ["N", 8, 8, 3])
     out = helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 8, 8])
-    nodes = [helper.make_node("ReduceMax", ["images"], ["m"], axes=[3], keepdims=0),
-             helper.make_node("Cast", ["m"], ["ids"], to=TensorProto.INT64)]
-    model = helper.make_model(helper.make_graph(nodes, "g", [inp], [out]), opset_imports=[helper.make_opsetid("", 13)])
+    nodes = [
+        helper.make_node("ReduceMax", ["images"], ["m"], axes=[3], keepdims=0),
+        helper.make_node("Cast", ["m"], ["ids"], to=TensorProto.INT64),
+    ]
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [inp], [out]), opset_imports=[helper.make_opsetid("", 13)]
+    )
     prepared = prepare_model(model)
     assert not prepared.metadata.wrapped
     frames = np.full((1, 8, 8, 3), 7, np.uint8)

@@ -2,12 +2,15 @@ import json
 
 import numpy as np
 import pytest
-
 from segserve.labels import LabelMap, LabelMapError, mask_to_training_rgb, training_rgb_to_mask
 
-CAMVID = {"classes": [{"id": 0, "name": "background", "color": [0, 0, 0]},
-                      {"id": 1, "name": "sky", "color": [128, 128, 128]},
-                      {"id": 4, "name": "road", "color": [128, 64, 128]}]}
+CAMVID = {
+    "classes": [
+        {"id": 0, "name": "background", "color": [0, 0, 0]},
+        {"id": 1, "name": "sky", "color": [128, 128, 128]},
+        {"id": 4, "name": "road", "color": [128, 64, 128]},
+    ]
+}
 
 
 def test_json_round_trip(tmp_path):
@@ -43,13 +46,16 @@ def test_training_format_rejects_colour_pixels():
         training_rgb_to_mask(rgb)
 
 
-@pytest.mark.parametrize("bad", [
-    {"classes": []},
-    {"classes": [{"id": 1, "name": "a", "color": [0, 0, 0]}, {"id": 1, "name": "b", "color": [0, 0, 0]}]},
-    {"classes": [{"id": 300, "name": "a", "color": [0, 0, 0]}]},
-    {"classes": [{"id": 1, "name": "a", "color": [0, 0]}]},
-    {"nope": 1},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"classes": []},
+        {"classes": [{"id": 1, "name": "a", "color": [0, 0, 0]}, {"id": 1, "name": "b", "color": [0, 0, 0]}]},
+        {"classes": [{"id": 300, "name": "a", "color": [0, 0, 0]}]},
+        {"classes": [{"id": 1, "name": "a", "color": [0, 0]}]},
+        {"nope": 1},
+    ],
+)
 def test_invalid_maps_are_rejected(bad):
     with pytest.raises(LabelMapError):
         LabelMap.from_dict(bad)

@@ -2,7 +2,6 @@ import cv2
 import numpy as np
 import pytest
 from frames import jpeg, street_frame
-
 from segserve import codec
 from segserve.batcher import Batcher
 from segserve.engine import Engine, EngineConfig
@@ -41,7 +40,11 @@ def test_model_resolution_and_training_format(pipeline):
     opts = OutputOptions(mask=MaskFormat.PNG_RGB, mask_resolution=MaskResolution.MODEL)
     result = pipe.process(FrameRequest("f2", raw=raw, options=opts))
     rgb = cv2.imdecode(np.frombuffer(result.mask.data, np.uint8), cv2.IMREAD_COLOR)
-    assert rgb.shape == (96, 128, 3) and (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()
+    assert (
+        rgb.shape == (96, 128, 3)
+        and (rgb[..., 0] == rgb[..., 1]).all()
+        and (rgb[..., 1] == rgb[..., 2]).all()
+    )
     assert (result.mask.width, result.mask.height) == (128, 96)
 
 

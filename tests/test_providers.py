@@ -1,5 +1,4 @@
 import pytest
-
 from segserve import providers as prov
 from segserve.errors import ModelError
 
@@ -18,7 +17,7 @@ def test_explicit_provider_keeps_cpu_as_last_resort():
 
 
 def test_missing_or_unknown_provider_is_a_clear_error():
-    with pytest.raises(ModelError, match="not in this onnxruntime build.*segserve\\[gpu\\]"):
+    with pytest.raises(ModelError, match=r"not in this onnxruntime build.*segserve\[gpu\]"):
         prov.resolve("cuda", [prov.CPU])
     with pytest.raises(ModelError, match="unknown provider 'tpu'"):
         prov.resolve("tpu", ALL)
@@ -44,7 +43,9 @@ def test_gpu_only_modules_are_not_imported_at_import_time():
     import subprocess
     import sys
 
-    code = "import sys, segserve.server, segserve.engine, segserve.client; " \
-           "print([m for m in sys.modules if 'torch' in m or 'tensorrt' in m])"
+    code = (
+        "import sys, segserve.server, segserve.engine, segserve.client; "
+        "print([m for m in sys.modules if 'torch' in m or 'tensorrt' in m])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

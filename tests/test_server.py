@@ -11,7 +11,6 @@ from frames import jpeg, png, street_frame
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from modelgen import float_logits_model
-
 from segserve._proto.segmentation.v1 import segmentation_pb2 as pb
 from segserve._proto.segmentation.v1 import segmentation_pb2_grpc as pb_grpc
 from segserve.client import SegmenterClient
@@ -68,11 +67,16 @@ def test_stream_of_100_in_order_with_one_corrupt_frame(stub):
     def requests():
         for i in range(100):
             data = good[: len(good) // 2] if i == 50 else good
-            yield pb.SegmentRequest(frame_id=f"f{i}", encoded=data, outputs=pb.OutputOptions(mask=pb.MASK_ENCODING_RAW))
+            yield pb.SegmentRequest(
+                frame_id=f"f{i}", encoded=data, outputs=pb.OutputOptions(mask=pb.MASK_ENCODING_RAW)
+            )
 
     responses = list(stub.StreamSegment(requests()))
     assert [r.frame_id for r in responses] == [f"f{i}" for i in range(100)]
-    assert responses[50].HasField("error") and responses[50].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert (
+        responses[50].HasField("error")
+        and responses[50].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    )
     assert "truncated JPEG" in responses[50].error.message
     ok = [r for i, r in enumerate(responses) if i != 50]
     assert all(not r.HasField("error") and len(r.mask.data) == 640 * 360 for r in ok)
@@ -81,27 +85,60 @@ def test_stream_of_100_in_order_with_one_corrupt_frame(stub):
 BAD_REQUESTS = {
     "empty bytes": (pb.SegmentRequest(encoded=b""), grpc.StatusCode.INVALID_ARGUMENT, "empty frame"),
     "no frame": (pb.SegmentRequest(), grpc.StatusCode.INVALID_ARGUMENT, "no frame"),
-    "truncated jpeg": (pb.SegmentRequest(encoded=JPEG_1080[:5000]), grpc.StatusCode.INVALID_ARGUMENT, "truncated"),
-    "random bytes": (pb.SegmentRequest(encoded=np.random.default_rng(0).bytes(5000)),
-                     grpc.StatusCode.INVALID_ARGUMENT, "neither JPEG nor PNG"),
-    "corrupt png": (pb.SegmentRequest(encoded=png(street_frame(64, 48))[:-100]),
-                    grpc.StatusCode.INVALID_ARGUMENT, "corrupt PNG"),
-    "raw size mismatch": (pb.SegmentRequest(raw=pb.RawImage(width=640, height=480, format=pb.PIXEL_FORMAT_BGR8,
-                                                            data=b"\x00" * 1000)),
-                          grpc.StatusCode.INVALID_ARGUMENT, "1000 bytes but 640x480x3 needs 921600"),
-    "zero size": (pb.SegmentRequest(raw=pb.RawImage(width=0, height=480, format=pb.PIXEL_FORMAT_BGR8)),
-                  grpc.StatusCode.INVALID_ARGUMENT, "zero size"),
-    "enormous size": (pb.SegmentRequest(raw=pb.RawImage(width=1_000_000, height=1_000_000,
-                                                        format=pb.PIXEL_FORMAT_BGR8, data=b"x")),
-                      grpc.StatusCode.RESOURCE_EXHAUSTED, "over the limit"),
-    "no pixel format": (pb.SegmentRequest(raw=pb.RawImage(width=2, height=2, data=b"\x00" * 12)),
-                        grpc.StatusCode.INVALID_ARGUMENT, "unknown raw.format value 0"),
-    "unknown mask enum": (pb.SegmentRequest(encoded=JPEG_1080, outputs=pb.OutputOptions(mask=42)),
-                          grpc.StatusCode.INVALID_ARGUMENT, "unknown outputs.mask value 42"),
-    "unknown overlay enum": (pb.SegmentRequest(encoded=JPEG_1080, outputs=pb.OutputOptions(overlay=9)),
-                             grpc.StatusCode.INVALID_ARGUMENT, "unknown outputs.overlay value 9"),
-    "alpha out of range": (pb.SegmentRequest(encoded=JPEG_1080, outputs=pb.OutputOptions(overlay_alpha=1.5)),
-                           grpc.StatusCode.INVALID_ARGUMENT, "overlay_alpha"),
+    "truncated jpeg": (
+        pb.SegmentRequest(encoded=JPEG_1080[:5000]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "truncated",
+    ),
+    "random bytes": (
+        pb.SegmentRequest(encoded=np.random.default_rng(0).bytes(5000)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "neither JPEG nor PNG",
+    ),
+    "corrupt png": (
+        pb.SegmentRequest(encoded=png(street_frame(64, 48))[:-100]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "corrupt PNG",
+    ),
+    "raw size mismatch": (
+        pb.SegmentRequest(
+            raw=pb.RawImage(width=640, height=480, format=pb.PIXEL_FORMAT_BGR8, data=b"\x00" * 1000)
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "1000 bytes but 640x480x3 needs 921600",
+    ),
+    "zero size": (
+        pb.SegmentRequest(raw=pb.RawImage(width=0, height=480, format=pb.PIXEL_FORMAT_BGR8)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "zero size",
+    ),
+    "enormous size": (
+        pb.SegmentRequest(
+            raw=pb.RawImage(width=1_000_000, height=1_000_000, format=pb.PIXEL_FORMAT_BGR8, data=b"x")
+        ),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "over the limit",
+    ),
+    "no pixel format": (
+        pb.SegmentRequest(raw=pb.RawImage(width=2, height=2, data=b"\x00" * 12)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "unknown raw.format value 0",
+    ),
+    "unknown mask enum": (
+        pb.SegmentRequest(encoded=JPEG_1080, outputs=pb.OutputOptions(mask=42)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "unknown outputs.mask value 42",
+    ),
+    "unknown overlay enum": (
+        pb.SegmentRequest(encoded=JPEG_1080, outputs=pb.OutputOptions(overlay=9)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "unknown outputs.overlay value 9",
+    ),
+    "alpha out of range": (
+        pb.SegmentRequest(encoded=JPEG_1080, outputs=pb.OutputOptions(overlay_alpha=1.5)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "overlay_alpha",
+    ),
 }
 
 
@@ -126,7 +163,10 @@ def test_message_over_the_limit_is_refused_by_size(toy_model):
                 stub.Segment(pb.SegmentRequest(encoded=b"\xff\xd8\xff" + b"\x00" * (2 << 20)), timeout=10)
             assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "larger than max" in err.value.details()
-            assert stub.Segment(pb.SegmentRequest(encoded=jpeg(street_frame(320, 240))), timeout=10).mask.width == 320
+            assert (
+                stub.Segment(pb.SegmentRequest(encoded=jpeg(street_frame(320, 240))), timeout=10).mask.width
+                == 320
+            )
     finally:
         running.drain_and_stop(1)
 
@@ -134,7 +174,9 @@ def test_message_over_the_limit_is_refused_by_size(toy_model):
 def test_4k_raw_frame_fits(stub):
     frame = street_frame(3840, 2160)
     raw = pb.RawImage(width=3840, height=2160, format=pb.PIXEL_FORMAT_BGR8, data=frame.tobytes())
-    response = stub.Segment(pb.SegmentRequest(raw=raw, outputs=pb.OutputOptions(mask=pb.MASK_ENCODING_RAW)), timeout=30)
+    response = stub.Segment(
+        pb.SegmentRequest(raw=raw, outputs=pb.OutputOptions(mask=pb.MASK_ENCODING_RAW)), timeout=30
+    )
     assert len(response.mask.data) == 3840 * 2160
 
 
@@ -164,7 +206,6 @@ def test_concurrent_callers_are_batched_and_masks_equal_single_runs(target):
 def test_float_logits_model_is_wrapped_and_matches_numpy(tmp_path):
     import onnx
     import onnxruntime as ort
-
     from segserve.graph import IMAGENET_MEAN, IMAGENET_STD
 
     raw = float_logits_model(num_classes=9, height=72, width=96, stride=1, seed=5)
@@ -179,7 +220,9 @@ def test_float_logits_model_is_wrapped_and_matches_numpy(tmp_path):
     finally:
         running.drain_and_stop(1)
     rgb = frame[..., ::-1].astype(np.float32)
-    x = ((rgb - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)).transpose(2, 0, 1)[None]
+    x = ((rgb - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)).transpose(2, 0, 1)[
+        None
+    ]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     expected = session.run(None, {"input": np.ascontiguousarray(x)})[0].argmax(1)[0]
     assert info.input_size == (96, 72) and len(info.labels) == 9

@@ -36,7 +36,9 @@ def generate(out_dir: Path) -> list[Path]:
         raise SystemExit("protoc failed")
     written = sorted(p for p in out_dir.rglob("*") if p.suffix in {".py", ".pyi"})
     for path in written:
-        text = re.sub(r"^from segmentation\.", f"from {PACKAGE_PREFIX}.segmentation.", path.read_text(), flags=re.M)
+        text = re.sub(
+            r"^from segmentation\.", f"from {PACKAGE_PREFIX}.segmentation.", path.read_text(), flags=re.M
+        )
         path.write_text(text)
     for folder in [out_dir, *(p for p in out_dir.rglob("*") if p.is_dir() and p.name != "__pycache__")]:
         init = folder / "__init__.py"

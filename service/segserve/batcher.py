@@ -2,9 +2,10 @@
 
 Items wait in a bounded queue, one lane per source (a stream, or the pool of unary calls); a single
 worker forms batches of up to ``max_batch`` frames, waiting at most ``max_delay`` after the first
-frame arrives but only while frames are still being decoded upstream (``announce``), so a lone
-frame never waits for company that is not coming. Lanes are taken round-robin so one greedy stream cannot starve the others. Items whose
-deadline passed or whose caller went away are answered with an error and never run.
+frame arrives, but only while frames are still being decoded upstream (``announce``), so a lone
+frame never waits for company that is not coming. Lanes are taken round-robin so one greedy stream
+cannot starve the others. Items whose deadline passed or whose caller went away are answered with
+an error and never run.
 """
 
 from __future__ import annotations
@@ -122,7 +123,9 @@ class Batcher:
                     break
                 remaining = end - time.monotonic()
                 if remaining <= 0:
-                    raise Overloaded(f"server busy: {self._size} frames queued (limit {self.max_queue}); retry later")
+                    raise Overloaded(
+                        f"server busy: {self._size} frames queued (limit {self.max_queue}); retry later"
+                    )
                 self._cond.wait(remaining)
             self._lanes.setdefault(lane, deque()).append(item)
             self._size += 1
@@ -137,7 +140,9 @@ class Batcher:
                 for lane in self._lanes.values():
                     for item in lane:
                         if item.future.set_running_or_notify_cancel():
-                            item.future.set_exception(ShuttingDown("the server shut down before this frame ran"))
+                            item.future.set_exception(
+                                ShuttingDown("the server shut down before this frame ran")
+                            )
                 self._lanes.clear()
                 self._size = 0
             self._cond.notify_all()
@@ -145,13 +150,25 @@ class Batcher:
 
     # --- worker side -----------------------------------------------------------------------------
     def _take_round_robin(self, limit: int) -> list[_Item]:
+        """Up to ``limit`` items, one lane at a time in turn, all of the first item's shape (frames of
+        other sizes, possible when the graph resizes, wait for the next batch)."""
         taken: list[_Item] = []
+        shape = None
+        skipped: list[Hashable] = []
         while len(taken) < limit and self._lanes:
             lane, queue = next(iter(self._lanes.items()))
-            taken.append(queue.popleft())
             self._lanes.pop(lane)
-            if queue:
-                self._lanes[lane] = queue  # to the back of the round
+            if shape is None:
+                shape = queue[0].frame.shape
+            if queue[0].frame.shape == shape:
+                taken.append(queue.popleft())
+                if queue:
+                    self._lanes[lane] = queue  # to the back of the round
+            else:
+                skipped.append(lane)
+                self._lanes[lane] = queue
+                if len(skipped) >= len(self._lanes):
+                    break
         self._size -= len(taken)
         self._cond.notify_all()
         return taken

@@ -19,19 +19,51 @@ log = logging.getLogger("segserve")
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the gRPC segmentation server")
     opt = cfg.add_env_option
-    opt(p, "--model", str(cfg.default_model_path()), help="ONNX model (served contract, or float NCHW logits)")
+    opt(
+        p, "--model", str(cfg.default_model_path()), help="ONNX model (served contract, or float NCHW logits)"
+    )
     opt(p, "--host", "0.0.0.0", help="address to bind")
     opt(p, "--port", 50051, int, help="gRPC port (0: a free one, printed at start)")
     opt(p, "--providers", "auto", help="auto|cpu|cuda|tensorrt (auto: TensorRT > CUDA > CPU, as present)")
     opt(p, "--max-batch", 8, int, help="largest batch the dynamic batcher forms")
     opt(p, "--max-delay-ms", 2.0, float, help="longest wait for a batch to fill after its first frame")
-    opt(p, "--max-inflight", 32, int, help="frames admitted at once, all callers; unary beyond it: RESOURCE_EXHAUSTED")
+    opt(
+        p,
+        "--max-inflight",
+        32,
+        int,
+        help="frames admitted at once, all callers; unary beyond it: RESOURCE_EXHAUSTED",
+    )
     opt(p, "--max-streams", 32, int, help="open StreamSegment calls at once")
     opt(p, "--max-inflight-per-stream", 4, int, help="frames of one stream in flight")
     opt(p, "--max-frame-bytes", 64 * 1024 * 1024, int, help="largest encoded/raw frame and gRPC message")
     opt(p, "--max-pixels", 8192 * 8192, int, help="largest frame in pixels")
     opt(p, "--intra-op-threads", 0, int, help="onnxruntime intra-op threads (0: all cores)")
-    opt(p, "--mean", None, help="R G B mean (0..255) for wrapping a float model (default: metadata or ImageNet)")
+    opt(
+        p,
+        "--resize-in-graph",
+        False,
+        _flag,
+        nargs="?",
+        const=True,
+        help="resize and convert frames inside the graph, not with OpenCV",
+    )
+    opt(
+        p,
+        "--cuda-graph",
+        False,
+        _flag,
+        nargs="?",
+        const=True,
+        help="capture each batch size as a CUDA graph (CUDA/TensorRT only)",
+    )
+    opt(p, "--trt-cache-dir", None, help="TensorRT engine and timing cache folder, kept across restarts")
+    opt(
+        p,
+        "--mean",
+        None,
+        help="R G B mean (0..255) for wrapping a float model (default: metadata or ImageNet)",
+    )
     opt(p, "--std", None, help="R G B std (0..255) for wrapping a float model")
     opt(p, "--input-size", None, help="HxW for a model with a dynamic input size")
     opt(p, "--grace-s", 10.0, float, help="seconds to answer accepted frames at SIGTERM")
@@ -43,6 +75,10 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     opt(p, "--log-format", "text", help="text|json")
     opt(p, "--log-level", "info", help="debug|info|warning|error")
     p.set_defaults(func=_serve)
+
+
+def _flag(text: str | bool) -> bool:
+    return text if isinstance(text, bool) else text.strip().lower() in ("1", "true", "yes", "on")
 
 
 def _token(args: argparse.Namespace) -> str | None:
@@ -63,19 +99,39 @@ def _serve(args: argparse.Namespace) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         log.error("--tls-cert and --tls-key go together")
         return 2
-    tls = TlsConfig(Path(args.tls_cert), Path(args.tls_key), Path(args.tls_client_ca) if args.tls_client_ca else None) \
-        if args.tls_cert else None
+    tls = (
+        TlsConfig(
+            Path(args.tls_cert), Path(args.tls_key), Path(args.tls_client_ca) if args.tls_client_ca else None
+        )
+        if args.tls_cert
+        else None
+    )
     server_config = ServerConfig(
-        host=args.host, port=args.port, max_message_bytes=args.max_frame_bytes + 1024 * 1024,
-        max_inflight=args.max_inflight, max_streams=args.max_streams,
-        max_inflight_per_stream=args.max_inflight_per_stream, max_batch=args.max_batch,
-        max_delay_ms=args.max_delay_ms, grace_s=args.grace_s, token=_token(args), tls=tls,
-        metrics_port=args.metrics_port, limits=Limits(max_frame_bytes=args.max_frame_bytes, max_pixels=args.max_pixels),
+        host=args.host,
+        port=args.port,
+        max_message_bytes=args.max_frame_bytes + 1024 * 1024,
+        max_inflight=args.max_inflight,
+        max_streams=args.max_streams,
+        max_inflight_per_stream=args.max_inflight_per_stream,
+        max_batch=args.max_batch,
+        max_delay_ms=args.max_delay_ms,
+        grace_s=args.grace_s,
+        token=_token(args),
+        tls=tls,
+        metrics_port=args.metrics_port,
+        limits=Limits(max_frame_bytes=args.max_frame_bytes, max_pixels=args.max_pixels),
     )
     engine_config = EngineConfig(
-        model=Path(args.model), providers=args.providers, intra_op_threads=args.intra_op_threads,
-        max_batch=args.max_batch, mean=cfg.parse_triple(args.mean), std=cfg.parse_triple(args.std),
+        model=Path(args.model),
+        providers=args.providers,
+        intra_op_threads=args.intra_op_threads,
+        max_batch=args.max_batch,
+        mean=cfg.parse_triple(args.mean),
+        std=cfg.parse_triple(args.std),
         input_size=cfg.parse_size(args.input_size),
+        resize_in_graph=args.resize_in_graph,
+        cuda_graph=args.cuda_graph,
+        trt_cache_dir=Path(args.trt_cache_dir) if args.trt_cache_dir else None,
     )
     try:
         service = Service.from_model(engine_config, server_config)
@@ -126,8 +182,12 @@ def _segment(args: argparse.Namespace) -> int:
     cv2.imwrite(str(args.out / f"{stem}_labels.png"), mask_to_training_rgb(result.mask))
     cv2.imwrite(str(args.out / f"{stem}_color.png"), labels.colorize(result.mask))
     cv2.imwrite(str(args.out / f"{stem}_overlay.png"), result.overlay)
-    summary = {"frame_id": result.frame_id, "model": result.model, "coverage": result.coverage,
-               "timing_us": vars(result.timing)}
+    summary = {
+        "frame_id": result.frame_id,
+        "model": result.model,
+        "coverage": result.coverage,
+        "timing_us": vars(result.timing),
+    }
     (args.out / f"{stem}.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
     print(f"wrote {args.out}/{stem}_{{mask,labels,color,overlay}}.png and {stem}.json")
@@ -152,10 +212,37 @@ def _info(args: argparse.Namespace) -> int:
         except grpc.RpcError as exc:
             print(f"error: {args.server}: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
-    print(f"{info.name}@{info.version} input {info.input_size[0]}x{info.input_size[1]} providers {info.providers}")
+    print(
+        f"{info.name}@{info.version} input {info.input_size[0]}x{info.input_size[1]} "
+        f"providers {info.providers}"
+    )
     for c in info.labels.classes:
         print(f"  {c.id:3d} {c.name:<16} rgb{c.color}")
     return 0
+
+
+def _add_health(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("health", help="exit 0 when a server reports SERVING (for Docker HEALTHCHECK, probes)")
+    p.add_argument("--server", default=cfg.env_default("--server", "localhost:50051"))
+    p.add_argument("--timeout", type=float, default=3.0)
+    p.set_defaults(func=_health)
+
+
+def _health(args: argparse.Namespace) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(args.server) as channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=args.timeout
+            )
+        except grpc.RpcError as exc:
+            print(f"{args.server}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    print(f"{args.server}: {status}")
+    return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
 # Sub-commands that live with their own package: (module, function that registers them).
@@ -168,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_segment(sub)
     _add_info(sub)
+    _add_health(sub)
     for module in _PLUGINS:
         try:
             importlib.import_module(module).register(sub)

@@ -28,8 +28,12 @@ from segserve.labels import ClassInfo, LabelMap
 from segserve.pipeline import Timing
 
 Image = np.ndarray | bytes
-_OVERLAYS = {None: pb.OVERLAY_ENCODING_NONE, False: pb.OVERLAY_ENCODING_NONE, "jpeg": pb.OVERLAY_ENCODING_JPEG,
-             "png": pb.OVERLAY_ENCODING_PNG}
+_OVERLAYS = {
+    None: pb.OVERLAY_ENCODING_NONE,
+    False: pb.OVERLAY_ENCODING_NONE,
+    "jpeg": pb.OVERLAY_ENCODING_JPEG,
+    "png": pb.OVERLAY_ENCODING_PNG,
+}
 _POLICIES = {"queue": pb.STREAM_POLICY_QUEUE, "latest": pb.STREAM_POLICY_LATEST}
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -102,9 +106,12 @@ class SegmenterClient:
         self.jpeg_quality = jpeg_quality
         self.timeout = timeout
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
-        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
         if root_certificates is not None or client_cert is not None:
+
             def read(p: Path | bytes | None) -> bytes | None:
                 return p if isinstance(p, bytes) or p is None else Path(p).read_bytes()
 
@@ -153,8 +160,9 @@ class SegmenterClient:
             if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
                 raise ValueError(f"expected a BGR uint8 (H, W, 3) image, got {frame.dtype} {frame.shape}")
             height, width = frame.shape[:2]
-            msg.raw.CopyFrom(pb.RawImage(width=width, height=height, format=pb.PIXEL_FORMAT_BGR8,
-                                         data=frame.tobytes()))
+            msg.raw.CopyFrom(
+                pb.RawImage(width=width, height=height, format=pb.PIXEL_FORMAT_BGR8, data=frame.tobytes())
+            )
         else:
             msg.encoded = codec.encode_jpeg(image, self.jpeg_quality)
         opts = msg.outputs
@@ -170,7 +178,9 @@ class SegmenterClient:
             msg.stream_policy = _POLICIES[policy]
         return msg
 
-    def segment(self, image: Image, frame_id: str = "", *, timeout: float | None = None, **options) -> SegmentResult:
+    def segment(
+        self, image: Image, frame_id: str = "", *, timeout: float | None = None, **options
+    ) -> SegmentResult:
         """Segment one frame. Raises grpc.RpcError with the server's status on failure."""
         msg = self.request(image, frame_id, **options)
         response = self.stub.Segment(msg, timeout=timeout or self.timeout, metadata=self._metadata)
@@ -189,8 +199,13 @@ class SegmenterClient:
 
         def requests() -> Iterator[pb.SegmentRequest]:
             for index, image in enumerate(frames):
-                msg = self.request(image, str(index), policy=policy if index == 0 else None,
-                                   capture_time_us=time.time_ns() // 1000, **options)
+                msg = self.request(
+                    image,
+                    str(index),
+                    policy=policy if index == 0 else None,
+                    capture_time_us=time.time_ns() // 1000,
+                    **options,
+                )
                 sizes[msg.frame_id] = self._frame_size(image, msg)
                 yield msg
 
@@ -201,9 +216,14 @@ class SegmenterClient:
         info = self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout, metadata=self._metadata)
         classes = tuple(ClassInfo(c.id, c.name, tuple(c.color_rgb)) for c in info.classes)  # type: ignore[arg-type]
         self._info = ModelInfo(
-            name=info.name, version=info.version, input_size=(info.input_width, info.input_height),
-            labels=LabelMap(classes), providers=list(info.providers), max_batch=info.max_batch,
-            dynamic_batch=info.dynamic_batch, sha256=info.sha256,
+            name=info.name,
+            version=info.version,
+            input_size=(info.input_width, info.input_height),
+            labels=LabelMap(classes),
+            providers=list(info.providers),
+            max_batch=info.max_batch,
+            dynamic_batch=info.dynamic_batch,
+            sha256=info.sha256,
         )
         return self._info
 
@@ -221,10 +241,21 @@ class SegmenterClient:
     @staticmethod
     def result(response: pb.SegmentResponse, frame_size: tuple[int, int] | None = None) -> SegmentResult:
         t = response.timing
-        timing = Timing(t.decode_us, t.queue_us, t.preprocess_us, t.inference_us, t.postprocess_us, t.encode_us,
-                        t.total_us, t.batch_size)
-        error = FrameError(_status_code(response.error.code), response.error.message) if response.HasField(
-            "error") else None
+        timing = Timing(
+            t.decode_us,
+            t.queue_us,
+            t.preprocess_us,
+            t.inference_us,
+            t.postprocess_us,
+            t.encode_us,
+            t.total_us,
+            t.batch_size,
+        )
+        error = (
+            FrameError(_status_code(response.error.code), response.error.message)
+            if response.HasField("error")
+            else None
+        )
         mask = None
         if response.HasField("mask") and response.mask.data:
             m = response.mask

@@ -102,7 +102,9 @@ def decode_encoded(data: bytes, limits: Limits = Limits()) -> np.ndarray:
         kind = "PNG"
         width, height = png_size(data)
     else:
-        raise InvalidFrame(f"frame is neither JPEG nor PNG (starts with {data[:8].hex()}); send raw pixels as `raw`")
+        raise InvalidFrame(
+            f"frame is neither JPEG nor PNG (starts with {data[:8].hex()}); send raw pixels as `raw`"
+        )
     _check_size(width, height, limits, kind)
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None or image.ndim != 3 or image.shape[2] != 3:

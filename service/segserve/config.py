@@ -30,8 +30,13 @@ def env_default(flag: str, default=None, cast=str):
 def add_env_option(parser: argparse.ArgumentParser, flag: str, default=None, type=str, **kwargs) -> None:
     env_name = "SEGSERVE_" + flag.lstrip("-").replace("-", "_").upper()
     help_text = kwargs.pop("help", "")
-    parser.add_argument(flag, default=env_default(flag, default, type), type=type,
-                        help=f"{help_text} [env {env_name}; default {default}]", **kwargs)
+    parser.add_argument(
+        flag,
+        default=env_default(flag, default, type),
+        type=type,
+        help=f"{help_text} [env {env_name}; default {default}]",
+        **kwargs,
+    )
 
 
 def parse_triple(text: str | None) -> tuple[float, float, float] | None:

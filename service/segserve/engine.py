@@ -1,8 +1,11 @@
 """Engine: one ONNX Runtime session over a served-contract model.
 
-``run(uint8 [N, H, W, 3] RGB) -> uint8 [N, H, W]`` class ids. With a GPU provider the engine uses IO
-binding with one pair of device buffers per batch size, allocated once and reused, so a call copies
-the uint8 frames in and the uint8 ids out and allocates nothing.
+``run(uint8 [N, H, W, 3] RGB) -> uint8 [N, H, W]`` class ids. With ``resize_in_graph`` the input is
+decoded BGR frames of any size instead, and the graph converts and resizes them itself.
+
+With a GPU provider the engine uses IO binding with one pair of device buffers per input shape,
+allocated once and reused, so a call copies the uint8 frames in and the uint8 ids out and allocates
+nothing; with ``cuda_graph`` each batch size is captured once as a CUDA graph and replayed.
 """
 
 from __future__ import annotations
@@ -14,11 +17,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
+
+try:
+    import onnxruntime as ort
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise ImportError(
+        "onnxruntime is missing: pip install 'segserve[cpu]' (or 'segserve[gpu]' with CUDA)"
+    ) from exc
 
 from segserve import providers as prov
 from segserve.errors import ModelError
-from segserve.graph import INPUT_NAME, OUTPUT_NAME, ModelMetadata, prepare_model
+from segserve.graph import (
+    FRAMES_NAME,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    ModelMetadata,
+    add_input_resize,
+    prepare_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,66 +47,102 @@ class EngineConfig:
     inter_op_threads: int = 1
     max_batch: int = 8
     io_binding: bool | None = None  # None: on when the device is a GPU
+    cuda_graph: bool = False
+    resize_in_graph: bool = False
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
     input_size: tuple[int, int] | None = None
-    provider_settings: prov.ProviderSettings | None = None
+    trt_cache_dir: Path | None = None
 
 
 class BoundBuffers:
-    """Input/output OrtValues for one batch size on one device, reused across calls."""
+    """Input/output OrtValues for one input shape on one device, bound once and reused."""
 
-    def __init__(self, session: ort.InferenceSession, device: str, device_id: int, shape: tuple[int, ...]):
-        n, h, w, _ = shape
+    def __init__(
+        self,
+        session,
+        input_name: str,
+        device: str,
+        device_id: int,
+        shape: tuple[int, ...],
+        out_hw: tuple[int, int],
+        graph_id: int | None = None,
+    ):
         self.input = ort.OrtValue.ortvalue_from_shape_and_type(list(shape), np.uint8, device, device_id)
-        self.output = ort.OrtValue.ortvalue_from_shape_and_type([n, h, w], np.uint8, device, device_id)
+        self.output = ort.OrtValue.ortvalue_from_shape_and_type(
+            [shape[0], *out_hw], np.uint8, device, device_id
+        )
         self.binding = session.io_binding()
-        self.binding.bind_ortvalue_input(INPUT_NAME, self.input)
+        self.binding.bind_ortvalue_input(input_name, self.input)
         self.binding.bind_ortvalue_output(OUTPUT_NAME, self.output)
+        self.run_options = ort.RunOptions()
+        if graph_id is not None:
+            self.run_options.add_run_config_entry("gpu_graph_id", str(graph_id))
 
-    def run(self, session: ort.InferenceSession, batch: np.ndarray) -> np.ndarray:
+    def run(self, session, batch: np.ndarray) -> np.ndarray:
         self.input.update_inplace(batch)  # host -> device copy into the same buffer
-        session.run_with_iobinding(self.binding)
-        return self.output.numpy()  # device -> host copy of the uint8 ids
+        session.run_with_iobinding(self.binding, self.run_options)
+        return self.output.numpy()  # device -> host copy of the uint8 ids (a view on CPU)
+
+
+def _session(model_bytes: bytes, options, providers: list[str], provider_options: list[dict]):
+    return ort.InferenceSession(
+        model_bytes, sess_options=options, providers=providers, provider_options=provider_options
+    )
 
 
 class Engine:
-    """Thread-compatible: ``run`` is serialised by a lock (the batcher calls it from one thread)."""
+    """``run`` is serialised by a lock; the batcher calls it from one thread anyway."""
 
     def __init__(self, config: EngineConfig):
         self.config = config
         prepared = prepare_model(config.model, config.mean, config.std, config.input_size)
         self.metadata: ModelMetadata = prepared.metadata
         self.sha256 = hashlib.sha256(Path(config.model).read_bytes()).hexdigest()
-        settings = config.provider_settings or prov.ProviderSettings(
-            max_batch=config.max_batch, input_hw=(self.metadata.input_height, self.metadata.input_width)
+        model = prepared.model
+        self.resize_in_graph = config.resize_in_graph
+        if self.resize_in_graph:
+            model = add_input_resize(model, *self.input_hw)
+        self.input_name = FRAMES_NAME if self.resize_in_graph else INPUT_NAME
+        settings = prov.ProviderSettings(
+            max_batch=config.max_batch,
+            input_hw=self.input_hw,
+            cuda_graph=config.cuda_graph,
+            **({"trt_cache_dir": config.trt_cache_dir} if config.trt_cache_dir else {}),
         )
-        available = ort.get_available_providers()
-        wanted = prov.resolve(config.providers, available)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = config.intra_op_threads
         options.inter_op_num_threads = config.inter_op_threads
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        try:
-            self.session = ort.InferenceSession(
-                prepared.model.SerializeToString(),
-                sess_options=options,
-                providers=wanted,
-                provider_options=prov.provider_options(wanted, settings),
-            )
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise ModelError(f"onnxruntime could not load {config.model}: {exc}") from exc
-        self.providers: list[str] = self.session.get_providers()
-        if self.providers[0] != wanted[0]:
-            log.warning("provider %s was asked for but %s runs the model", wanted[0], self.providers[0])
+        self.session, self.providers = self._create_session(model.SerializeToString(), options, settings)
         log.info("providers in use (fallback order): %s", " > ".join(self.providers))
         self.device = prov.device_of(self.providers)
         self.device_id = settings.device_id
         self.io_binding = self.device != "cpu" if config.io_binding is None else config.io_binding
+        self.cuda_graph = config.cuda_graph and self.device == "cuda" and self.io_binding
         self.max_batch = config.max_batch if self.metadata.dynamic_batch else 1
-        self._buffers: dict[int, BoundBuffers] = {}
+        self._buffers: dict[tuple[int, ...], BoundBuffers] = {}
         self._lock = threading.Lock()
+
+    def _create_session(self, model_bytes: bytes, options, settings: prov.ProviderSettings):
+        """Create the session, walking down the fallback order when a GPU provider fails to start."""
+        wanted = prov.resolve(self.config.providers, ort.get_available_providers())
+        attempts = [wanted[i:] for i in range(len(wanted))] if self.config.providers == "auto" else [wanted]
+        errors = []
+        for providers in attempts:
+            try:
+                session = _session(
+                    model_bytes, options, providers, prov.provider_options(providers, settings)
+                )
+            except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/EP errors
+                errors.append(f"{providers[0]}: {exc}")
+                log.warning("could not start %s (%s); falling back", providers[0], str(exc).splitlines()[0])
+                continue
+            used = session.get_providers()
+            if used[0] != wanted[0]:
+                log.warning("provider %s was asked for but %s runs the model", wanted[0], used[0])
+            return session, used
+        raise ModelError(f"onnxruntime could not load {self.config.model}: {'; '.join(errors)}")
 
     @property
     def input_hw(self) -> tuple[int, int]:
@@ -98,29 +150,38 @@ class Engine:
 
     def _check(self, batch: np.ndarray) -> None:
         h, w = self.input_hw
-        if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[1:] != (h, w, 3):
+        if (
+            batch.dtype != np.uint8
+            or batch.ndim != 4
+            or batch.shape[3] != 3
+            or (not self.resize_in_graph and batch.shape[1:3] != (h, w))
+        ):
             raise ValueError(f"engine expects uint8 [N, {h}, {w}, 3], got {batch.dtype} {list(batch.shape)}")
 
-    def buffers_for(self, batch_size: int) -> BoundBuffers:
-        buffers = self._buffers.get(batch_size)
+    def buffers_for(self, shape: tuple[int, ...]) -> BoundBuffers:
+        buffers = self._buffers.get(shape)
         if buffers is None:
-            shape = (batch_size, *self.input_hw, 3)
-            buffers = self._buffers[batch_size] = BoundBuffers(self.session, self.device, self.device_id, shape)
+            graph_id = len(self._buffers) if self.cuda_graph else None
+            buffers = BoundBuffers(
+                self.session, self.input_name, self.device, self.device_id, shape, self.input_hw, graph_id
+            )
+            self._buffers[shape] = buffers
         return buffers
 
     def _run_one_call(self, batch: np.ndarray) -> np.ndarray:
         if self.io_binding:
-            return self.buffers_for(len(batch)).run(self.session, batch).copy()
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+            return self.buffers_for(batch.shape).run(self.session, batch).copy()
+        return self.session.run([OUTPUT_NAME], {self.input_name: batch})[0]
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """uint8 [N, H, W, 3] RGB at the model's input size -> uint8 [N, H, W] class ids."""
+        """uint8 [N, H, W, 3] RGB at the input size (any-size BGR with resize_in_graph) -> uint8 ids."""
         self._check(batch)
         batch = np.ascontiguousarray(batch)
+        step = self.max_batch
         with self._lock:
-            if len(batch) <= self.max_batch:
+            if len(batch) <= step:
                 return self._run_one_call(batch)
-            parts = [self._run_one_call(batch[i : i + self.max_batch]) for i in range(0, len(batch), self.max_batch)]
+            parts = [self._run_one_call(batch[i : i + step]) for i in range(0, len(batch), step)]
         return np.concatenate(parts)
 
     def warm_up(self, rounds: int = 1) -> None:

@@ -24,6 +24,7 @@ from segserve.labels import LabelMap
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "labels"
+FRAMES_NAME = "frames"  # the input of a resize-in-graph model: BGR uint8 [N, h, w, 3] at any size
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 _FLOATS = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE}
@@ -134,9 +135,13 @@ def wrap_float_model(
             f"{TensorProto.DataType.Name(inp.elem_type)} shape {list(inp.shape)}"
         )
     if len(out.shape) != 4:
-        raise ModelError(f"cannot wrap output {out.name!r}: expected logits [N, C, h, w], got shape {list(out.shape)}")
+        raise ModelError(
+            f"cannot wrap output {out.name!r}: expected logits [N, C, h, w], got shape {list(out.shape)}"
+        )
     if _opset(model) < 13:
-        raise ModelError(f"the model's opset is {_opset(model)}; wrapping needs opset 13 or newer (re-export it)")
+        raise ModelError(
+            f"the model's opset is {_opset(model)}; wrapping needs opset 13 or newer (re-export it)"
+        )
     height = _static(inp.shape[2], "input height", input_size[0] if input_size else None)
     width = _static(inp.shape[3], "input width", input_size[1] if input_size else None)
 
@@ -168,7 +173,10 @@ def wrap_float_model(
             helper.make_node("Shape", [logits], ["segserve_lshape"], start=0, end=2),
             helper.make_node("Concat", ["segserve_lshape", "segserve_hw"], ["segserve_sizes"], axis=0),
             helper.make_node(
-                "Resize", [logits, "", "", "segserve_sizes"], ["segserve_logits_up"], mode="linear",
+                "Resize",
+                [logits, "", "", "segserve_sizes"],
+                ["segserve_logits_up"],
+                mode="linear",
                 coordinate_transformation_mode="half_pixel",
             ),
         ]
@@ -274,3 +282,52 @@ def prepare_model(
         std=std,
     )
     return PreparedModel(model, metadata)
+
+
+def add_input_resize(model: onnx.ModelProto, height: int, width: int) -> onnx.ModelProto:
+    """Put BGR->RGB and the resize to the model's input size inside the graph.
+
+    The new input ``frames`` takes decoded BGR uint8 frames of any size (one size per batch), so the
+    CPU does no pixel work before the network. Labels come out at the model's input size.
+    """
+    g = model.graph
+    if _opset(model) < 13:
+        raise ModelError("resizing in the graph needs opset 13 or newer")
+    batch = graph_io(model)[0].shape[0]
+    consts = [
+        numpy_helper.from_array(np.asarray([height, width, 3], np.int64), "segserve_hw3"),
+        numpy_helper.from_array(np.asarray([2], np.int64), "segserve_c_start"),
+        numpy_helper.from_array(np.asarray([-4], np.int64), "segserve_c_end"),
+        numpy_helper.from_array(np.asarray([3], np.int64), "segserve_c_axis"),
+        numpy_helper.from_array(np.asarray([-1], np.int64), "segserve_c_step"),
+    ]
+    nodes = [
+        helper.make_node("Shape", [FRAMES_NAME], ["segserve_n"], start=0, end=1),
+        helper.make_node("Concat", ["segserve_n", "segserve_hw3"], ["segserve_rsizes"], axis=0),
+        helper.make_node(
+            "Slice",
+            [FRAMES_NAME, "segserve_c_start", "segserve_c_end", "segserve_c_axis", "segserve_c_step"],
+            ["segserve_rgb"],
+        ),
+        helper.make_node(
+            "Resize",
+            ["segserve_rgb", "", "", "segserve_rsizes"],
+            [INPUT_NAME],
+            mode="linear",
+            coordinate_transformation_mode="half_pixel",
+        ),
+    ]
+    frames = helper.make_tensor_value_info(FRAMES_NAME, TensorProto.UINT8, [batch, "h", "w", 3])
+    graph = helper.make_graph(
+        [*nodes, *g.node],
+        g.name,
+        [frames],
+        list(g.output),
+        initializer=[*g.initializer, *consts],
+        value_info=list(g.value_info),
+    )
+    resized = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    resized.functions.extend(model.functions)
+    for prop in model.metadata_props:
+        resized.metadata_props.add(key=prop.key, value=prop.value)
+    return resized

@@ -78,7 +78,9 @@ class LabelMap:
         hsv[0, :, 0] = (np.arange(num_classes) * 180 // max(num_classes, 1)).astype(np.uint8)
         hsv[0, :, 1:] = 200
         rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0]
-        return cls(tuple(ClassInfo(i, f"class_{i}", tuple(int(v) for v in rgb[i])) for i in range(num_classes)))  # type: ignore[misc]
+        return cls(
+            tuple(ClassInfo(i, f"class_{i}", tuple(int(v) for v in rgb[i])) for i in range(num_classes))
+        )  # type: ignore[misc]
 
     def to_dict(self) -> dict:
         return {"classes": [{"id": c.id, "name": c.name, "color": list(c.color)} for c in self.classes]}

@@ -112,10 +112,17 @@ def _us(start: float, end: float) -> int:
 class Pipeline:
     """Thread-safe; call ``process`` from as many threads as there are frames in flight."""
 
-    def __init__(self, metadata: ModelMetadata, batcher: Batcher, limits: codec.Limits = codec.Limits()):
+    def __init__(
+        self,
+        metadata: ModelMetadata,
+        batcher: Batcher,
+        limits: codec.Limits | None = None,
+        resize_in_graph: bool = False,
+    ):
         self.metadata = metadata
+        self.resize_in_graph = resize_in_graph
         self.batcher = batcher
-        self.limits = limits
+        self.limits = limits or codec.Limits()
         self.model_id = f"{metadata.name}@{metadata.version}"
         self._model_wh = (metadata.input_width, metadata.input_height)
         self._names = metadata.labels.names
@@ -128,9 +135,16 @@ class Pipeline:
         return codec.decode_encoded(request.encoded, self.limits)
 
     def preprocess(self, frame: np.ndarray) -> np.ndarray:
-        """BGR frame -> RGB at the model's input size (normalisation happens in the graph)."""
-        resized = frame if frame.shape[1::-1] == self._model_wh else cv2.resize(
-            frame, self._model_wh, interpolation=cv2.INTER_LINEAR
+        """BGR frame -> RGB at the model's input size (normalisation happens in the graph).
+
+        With resize_in_graph the graph does the conversion and resize too: nothing to do here.
+        """
+        if self.resize_in_graph:
+            return frame
+        resized = (
+            frame
+            if frame.shape[1::-1] == self._model_wh
+            else cv2.resize(frame, self._model_wh, interpolation=cv2.INTER_LINEAR)
         )
         return cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
 
@@ -147,7 +161,10 @@ class Pipeline:
             raise
         t2 = time.perf_counter()
         future = self.batcher.submit(
-            model_input, lane=request.lane, deadline=request.deadline, is_cancelled=request.is_cancelled,
+            model_input,
+            lane=request.lane,
+            deadline=request.deadline,
+            is_cancelled=request.is_cancelled,
             announced=True,
         )
         batch: BatchResult = future.result()
@@ -161,7 +178,9 @@ class Pipeline:
         result.timing.total_us = _us(t0, t3)
         return result
 
-    def postprocess_and_encode(self, frame: np.ndarray, labels: np.ndarray, request: FrameRequest) -> FrameResult:
+    def postprocess_and_encode(
+        self, frame: np.ndarray, labels: np.ndarray, request: FrameRequest
+    ) -> FrameResult:
         opts = request.options
         height, width = frame.shape[:2]
         t0 = time.perf_counter()

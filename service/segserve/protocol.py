@@ -7,8 +7,8 @@ The only module besides the server and client that imports the generated stubs. 
 from __future__ import annotations
 
 from segserve import codec
-from segserve.errors import InvalidFrame, InvalidOptions
 from segserve._proto.segmentation.v1 import segmentation_pb2 as pb
+from segserve.errors import InvalidFrame, InvalidOptions
 from segserve.graph import ModelMetadata
 from segserve.pipeline import (
     FrameRequest,
@@ -39,7 +39,9 @@ OVERLAY_FORMATS = {
     pb.OVERLAY_ENCODING_JPEG: OverlayFormat.JPEG,
     pb.OVERLAY_ENCODING_PNG: OverlayFormat.PNG,
 }
-OVERLAY_ENCODINGS = {fmt: code for code, fmt in OVERLAY_FORMATS.items() if code != pb.OVERLAY_ENCODING_UNSPECIFIED}
+OVERLAY_ENCODINGS = {
+    fmt: code for code, fmt in OVERLAY_FORMATS.items() if code != pb.OVERLAY_ENCODING_UNSPECIFIED
+}
 PIXEL_FORMATS = {pb.PIXEL_FORMAT_BGR8: codec.PixelFormat.BGR, pb.PIXEL_FORMAT_RGB8: codec.PixelFormat.RGB}
 STREAM_POLICIES = {
     pb.STREAM_POLICY_UNSPECIFIED: "queue",
@@ -76,7 +78,9 @@ def request_from_proto(msg: pb.SegmentRequest) -> FrameRequest:
     raw = None
     if which == "raw":
         r = msg.raw
-        raw = codec.RawFrame(r.width, r.height, _enum(PIXEL_FORMATS, r.format, "raw.format", InvalidFrame), r.data)
+        raw = codec.RawFrame(
+            r.width, r.height, _enum(PIXEL_FORMATS, r.format, "raw.format", InvalidFrame), r.data
+        )
     elif which is None:
         raise InvalidFrame("request has no frame: set `encoded` (JPEG/PNG bytes) or `raw`")
     return FrameRequest(
@@ -110,7 +114,9 @@ def response_from_result(result: FrameResult) -> pb.SegmentResponse:
     )
     if result.mask is not None:
         m = result.mask
-        response.mask.CopyFrom(pb.Mask(width=m.width, height=m.height, encoding=MASK_ENCODINGS[m.format], data=m.data))
+        response.mask.CopyFrom(
+            pb.Mask(width=m.width, height=m.height, encoding=MASK_ENCODINGS[m.format], data=m.data)
+        )
     if result.overlay is not None:
         o = result.overlay
         response.overlay.CopyFrom(
@@ -140,7 +146,9 @@ def model_info_to_proto(
         version=metadata.version,
         input_width=metadata.input_width,
         input_height=metadata.input_height,
-        classes=[pb.ClassInfo(id=c.id, name=c.name, color_rgb=list(c.color)) for c in metadata.labels.classes],
+        classes=[
+            pb.ClassInfo(id=c.id, name=c.name, color_rgb=list(c.color)) for c in metadata.labels.classes
+        ],
         providers=providers,
         max_batch=max_batch,
         dynamic_batch=metadata.dynamic_batch,

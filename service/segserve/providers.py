@@ -28,6 +28,7 @@ class ProviderSettings:
     cudnn_conv_algo_search: str = "EXHAUSTIVE"  # shapes are fixed, so the one-off search pays
     max_batch: int = 8
     input_hw: tuple[int, int] = (0, 0)
+    cuda_graph: bool = False  # needs IO binding with fixed buffers: one graph per batch size
     extra: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
@@ -48,7 +49,8 @@ def resolve(requested: str, available: list[str]) -> list[str]:
                 raise ModelError(f"unknown provider {name!r}: use auto, cpu, cuda or tensorrt")
             if provider not in available:
                 raise ModelError(
-                    f"provider {name!r} is not in this onnxruntime build (available: {', '.join(available)}); "
+                    f"provider {name!r} is not in this onnxruntime build "
+                    f"(available: {', '.join(available)}); "
                     "install segserve[gpu] (onnxruntime-gpu) on a machine with CUDA"
                 )
             chosen.append(provider)
@@ -76,6 +78,8 @@ def provider_options(providers: list[str], settings: ProviderSettings) -> list[d
                 opts["trt_profile_min_shapes"] = shape.format(1)
                 opts["trt_profile_opt_shapes"] = shape.format(settings.max_batch)
                 opts["trt_profile_max_shapes"] = shape.format(settings.max_batch)
+            if settings.cuda_graph:
+                opts["trt_cuda_graph_enable"] = "1"
         elif provider == CUDA:
             opts = {
                 "device_id": str(settings.device_id),
@@ -83,6 +87,8 @@ def provider_options(providers: list[str], settings: ProviderSettings) -> list[d
                 "cudnn_conv_use_max_workspace": "1",
                 "do_copy_in_default_stream": "1",
             }
+            if settings.cuda_graph:
+                opts["enable_cuda_graph"] = "1"
         else:
             opts = {}
         opts.update(settings.extra.get(provider, {}))
