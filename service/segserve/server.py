@@ -77,7 +77,7 @@ class Service:
             max_queue=config.max_inflight,
             on_batch=self.metrics.batch_size.observe,
         )
-        self.pipeline = Pipeline(engine.metadata, self.batcher, config.limits)
+        self.pipeline = Pipeline(engine.metadata, self.batcher, config.limits, engine.resize_in_graph)
         self.admission = Admission(config.max_inflight)
         self.streams = Admission(config.max_streams)
         self.pool = ThreadPoolExecutor(max_workers=config.max_inflight, thread_name_prefix="segserve-frame")
