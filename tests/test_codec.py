@@ -1,3 +1,4 @@
+import cv2
 import numpy as np
 import pytest
 from frames import jpeg, png, street_frame
@@ -63,6 +64,17 @@ def test_byte_limit():
 
 def test_mask_png_round_trip():
     mask = np.random.default_rng(1).integers(0, 12, (50, 70), dtype=np.uint8)
-    assert np.array_equal(codec.decode_mask_png(codec.encode_png(mask)), mask)
+    assert np.array_equal(codec.decode_mask_png(codec.encode_mask_png(mask)), mask)
     rgb = np.dstack([mask] * 3)
-    assert np.array_equal(codec.decode_mask_png(codec.encode_png(rgb)), mask)
+    assert np.array_equal(codec.decode_mask_png(codec.encode_mask_png(rgb)), mask)
+
+
+def test_jpeg_is_decoded_at_the_smallest_dct_scale_that_covers_the_model():
+    data = jpeg(street_frame(1920, 1080))
+    assert codec.decode_encoded(data, at_least=(480, 360)).shape == (540, 960, 3)  # 1/4 would be 270 high
+    assert codec.decode_encoded(data, at_least=(200, 100)).shape == (135, 240, 3)  # 1/8
+    assert codec.decode_encoded(data, at_least=(1920, 1080)).shape == (1080, 1920, 3)
+    assert codec.encoded_size(data) == (1920, 1080)
+    reduced = codec.decode_encoded(data, at_least=(480, 360)).astype(int)
+    full = cv2.resize(codec.decode_encoded(data), (960, 540), interpolation=cv2.INTER_AREA).astype(int)
+    assert np.abs(reduced - full).mean() < 3  # the same picture, area-like downscale

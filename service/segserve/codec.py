@@ -86,18 +86,43 @@ def png_size(data: bytes) -> tuple[int, int]:
     return width, height
 
 
-def decode_encoded(data: bytes, limits: Limits = Limits()) -> np.ndarray:
-    """JPEG or PNG bytes -> BGR uint8 (H, W, 3). Sizes are checked before any pixel is decoded."""
+_REDUCED_FLAGS = (
+    (8, cv2.IMREAD_REDUCED_COLOR_8),
+    (4, cv2.IMREAD_REDUCED_COLOR_4),
+    (2, cv2.IMREAD_REDUCED_COLOR_2),
+)
+
+
+def _reduced_flag(width: int, height: int, at_least: tuple[int, int] | None) -> tuple[int, int]:
+    """The largest JPEG DCT scale-down (1/2, 1/4, 1/8) that keeps the frame at least ``at_least``."""
+    if at_least is not None:
+        for factor, flag in _REDUCED_FLAGS:
+            if width // factor >= at_least[0] and height // factor >= at_least[1]:
+                return factor, flag
+    return 1, cv2.IMREAD_COLOR
+
+
+def decode_encoded(
+    data: bytes, limits: Limits = Limits(), at_least: tuple[int, int] | None = None
+) -> np.ndarray:
+    """JPEG or PNG bytes -> BGR uint8 (H, W, 3). Sizes are checked before any pixel is decoded.
+
+    With ``at_least`` (width, height), a JPEG is decoded at the smallest 1/2, 1/4 or 1/8 scale that
+    is still at least that large: libjpeg scales in the DCT domain, several times faster than a full
+    decode and an area-like (alias-free) downscale. Use ``jpeg_size`` for the original size.
+    """
     if not data:
         raise InvalidFrame("empty frame: no image bytes")
     if len(data) > limits.max_frame_bytes:
         raise FrameTooLarge(f"frame is {len(data)} bytes, over the limit of {limits.max_frame_bytes}")
+    flag = cv2.IMREAD_COLOR
     if data.startswith(JPEG_MAGIC):
         kind = "JPEG"
         width, height = jpeg_size(data)
         # libjpeg fills a cut-off JPEG with grey and only warns: insist on the end-of-image marker.
         if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
             raise InvalidFrame(f"truncated JPEG ({len(data)} bytes): no end-of-image marker")
+        _, flag = _reduced_flag(width, height, at_least)
     elif data.startswith(PNG_MAGIC):
         kind = "PNG"
         width, height = png_size(data)
@@ -106,10 +131,15 @@ def decode_encoded(data: bytes, limits: Limits = Limits()) -> np.ndarray:
             f"frame is neither JPEG nor PNG (starts with {data[:8].hex()}); send raw pixels as `raw`"
         )
     _check_size(width, height, limits, kind)
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flag | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None or image.ndim != 3 or image.shape[2] != 3:
         raise InvalidFrame(f"corrupt {kind} ({len(data)} bytes, {width}x{height}): the decoder rejected it")
     return image
+
+
+def encoded_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of a JPEG or PNG from its header."""
+    return png_size(data) if data.startswith(PNG_MAGIC) else jpeg_size(data)
 
 
 def decode_raw(raw: RawFrame, limits: Limits = Limits()) -> np.ndarray:
@@ -129,6 +159,22 @@ def decode_raw(raw: RawFrame, limits: Limits = Limits()) -> np.ndarray:
 def encode_png(image: np.ndarray, compression: int = 1) -> bytes:
     """PNG at a fast compression level (1: about 3x faster than the default 3, a little larger)."""
     ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, compression])
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return buf.tobytes()
+
+
+# Class-ID masks are flat runs of a few values: run-length deflate with no row filter is about 4x
+# faster than the default adaptive filter at level 1, and smaller (1080p CamVid mask: 5.7 ms, 18.7 KB
+# vs 24.7 ms, 20.9 KB, measured on this project's 2-core machine).
+_MASK_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+if hasattr(cv2, "IMWRITE_PNG_FILTER"):  # OpenCV >= 4.11
+    _MASK_PNG_PARAMS += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
+
+
+def encode_mask_png(mask: np.ndarray) -> bytes:
+    """PNG tuned for class-ID masks (greyscale ids or the (k,k,k) training format)."""
+    ok, buf = cv2.imencode(".png", mask, _MASK_PNG_PARAMS)
     if not ok:
         raise RuntimeError("PNG encoding failed")
     return buf.tobytes()

@@ -127,12 +127,20 @@ class Pipeline:
         self._model_wh = (metadata.input_width, metadata.input_height)
         self._names = metadata.labels.names
 
-    def decode(self, request: FrameRequest) -> np.ndarray:
+    def decode(self, request: FrameRequest) -> tuple[np.ndarray, tuple[int, int]]:
+        """The frame's pixels and its own (width, height).
+
+        Without an overlay only the model's input size of pixels is needed, so a JPEG is decoded
+        at the smallest DCT scale that still covers it; the masks keep the frame's own size.
+        """
         if request.raw is not None:
-            return codec.decode_raw(request.raw, self.limits)
+            frame = codec.decode_raw(request.raw, self.limits)
+            return frame, (request.raw.width, request.raw.height)
         if request.encoded is None:
             raise InvalidFrame("request has no frame: set `encoded` (JPEG/PNG bytes) or `raw`")
-        return codec.decode_encoded(request.encoded, self.limits)
+        needs_pixels = request.options.overlay is not OverlayFormat.NONE
+        frame = codec.decode_encoded(request.encoded, self.limits, None if needs_pixels else self._model_wh)
+        return frame, codec.encoded_size(request.encoded)
 
     def preprocess(self, frame: np.ndarray) -> np.ndarray:
         """BGR frame -> RGB at the model's input size (normalisation happens in the graph).
@@ -153,7 +161,7 @@ class Pipeline:
         t0 = time.perf_counter()
         self.batcher.announce()
         try:
-            frame = self.decode(request)
+            frame, size = self.decode(request)
             t1 = time.perf_counter()
             model_input = self.preprocess(frame)
         except BaseException:
@@ -168,7 +176,7 @@ class Pipeline:
             announced=True,
         )
         batch: BatchResult = future.result()
-        result = self.postprocess_and_encode(frame, batch.labels, request)
+        result = self.postprocess_and_encode(frame, size, batch.labels, request)
         t3 = time.perf_counter()
         result.timing.decode_us = _us(t0, t1)
         result.timing.preprocess_us = _us(t1, t2) + batch.stack_us
@@ -179,10 +187,11 @@ class Pipeline:
         return result
 
     def postprocess_and_encode(
-        self, frame: np.ndarray, labels: np.ndarray, request: FrameRequest
+        self, frame: np.ndarray, size: tuple[int, int], labels: np.ndarray, request: FrameRequest
     ) -> FrameResult:
+        """``frame``: the decoded pixels (full size when an overlay is wanted); ``size``: the frame's own."""
         opts = request.options
-        height, width = frame.shape[:2]
+        width, height = size
         t0 = time.perf_counter()
         at_frame = (width, height) != self._model_wh
         mask = labels
@@ -226,9 +235,9 @@ class Pipeline:
         if fmt is MaskFormat.RAW:
             data = mask.tobytes()
         elif fmt is MaskFormat.PNG:
-            data = codec.encode_png(mask)
+            data = codec.encode_mask_png(mask)
         else:
-            data = codec.encode_png(mask_to_training_rgb(mask))
+            data = codec.encode_mask_png(mask_to_training_rgb(mask))
         return EncodedImage(width, height, fmt, data)
 
     def coverage(self, mask: np.ndarray) -> list[Coverage]:
