@@ -6,9 +6,10 @@ Layout (strides relative to the input):
 - detail branch: plain 3x3 convolutions at 1/8 that keep spatial detail (poles, signs, people);
 - context branch: residual blocks down to 1/16 and 1/32 plus a global-context vector, fused back
   top-down into the detail branch at 1/8;
-- head: 3x3 conv at 1/8, upsampled to 1/4 and refined with the 1/4 skip, then a 1x1 classifier
-  and a bilinear upsample to the input size. An auxiliary head on the 1/16 context features
-  helps training from scratch; it is used only in training mode.
+- head: 3x3 conv at 1/8, upsampled to 1/4 and refined with the 1/4 skip, then a 1x1 classifier.
+  Training upsamples the logits bilinearly to the input size; inference takes the argmax at half
+  resolution (see :func:`predict_labels`). An auxiliary head on the 1/16 context features helps
+  training from scratch; it is used only in training mode.
 
 Plain (not depthwise) convolutions are used on purpose: on a CPU they run far closer to peak than
 depthwise ones at these channel counts.
@@ -99,7 +100,9 @@ class SegNetRT(nn.Module):
         self.skip = ConvBNReLU(s2, cfg.skip, k=1, relu=False)
         self.detail = nn.Sequential(ConvBNReLU(s2, cfg.detail, 2), ConvBNReLU(cfg.detail, cfg.detail))
         b16, b32 = cfg.blocks
-        self.ctx16 = nn.Sequential(ResBlock(cfg.detail, c16, 2), *(ResBlock(c16, c16) for _ in range(b16 - 1)))
+        self.ctx16 = nn.Sequential(
+            ResBlock(cfg.detail, c16, 2), *(ResBlock(c16, c16) for _ in range(b16 - 1))
+        )
         self.ctx32 = nn.Sequential(ResBlock(c16, c32, 2), *(ResBlock(c32, c32) for _ in range(b32 - 1)))
         self.gctx = ConvBNReLU(c32, c32, k=1)
         self.lat32 = ConvBNReLU(c32, c16, k=1, relu=False)

@@ -1,0 +1,255 @@
+"""The training loop: time-budgeted, checkpointed, resumable; keeps the best checkpoint by val mIoU."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from segserve.labels import LabelMap
+from segserve.train.augment import IGNORE, Augmenter
+from segserve.train.dataset import class_histogram, find_label_map, load_split
+from segserve.train.metrics import confusion_matrix, miou_from_confusion
+from segserve.train.model import ModelConfig, SegNetRT
+
+MEAN = (105.0, 108.0, 110.0)  # RGB, 0..255 scale (CamVid train statistics)
+STD = (78.0, 79.0, 78.0)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run; saved in every checkpoint."""
+
+    data: str
+    val: str | None = None
+    name: str = "camvid"
+    runs_dir: str = "runs"
+    max_minutes: float = 75.0
+    max_epochs: int = 10_000
+    max_steps: int = 0  # 0: no limit (tests use a few steps)
+    batch: int = 8
+    crop: tuple[int, int] = (288, 384)
+    scale: tuple[float, float] = (0.5, 2.0)
+    lr: float = 4e-3
+    weight_decay: float = 1e-2
+    warmup_steps: int = 100
+    loss: str = "ohem"  # "ohem" or "ce"; both class-weighted
+    ohem_thresh: float = 0.7
+    class_weight_power: float = 0.5
+    aux_weight: float = 0.4
+    val_every: int = 2
+    seed: int = 0
+    threads: int = 2
+    mean: tuple[float, float, float] = MEAN
+    std: tuple[float, float, float] = STD
+    model: dict = field(default_factory=dict)
+
+
+def class_weights(masks: np.ndarray, num_classes: int, power: float) -> torch.Tensor:
+    """(median frequency / frequency) ** power over the non-background classes; background gets 0."""
+    hist = class_histogram(masks, 256)[:num_classes].astype(np.float64)
+    freq = hist[1:] / max(hist[1:].sum(), 1.0)
+    present = freq > 0
+    med = np.median(freq[present]) if present.any() else 1.0
+    w = np.ones(num_classes)
+    w[0] = 0.0
+    w[1:][present] = (med / freq[present]) ** power
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def seg_loss(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, mode: str, thresh: float
+) -> torch.Tensor:
+    """Class-weighted cross-entropy ignoring background; ``ohem`` keeps the hard pixels only.
+
+    OHEM keeps pixels whose true-class probability is below ``thresh``, and at least 1/8 of the
+    labelled pixels (the hardest), as in BiSeNet.
+    """
+    pix = F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE, reduction="none").flatten()
+    valid = (target != IGNORE).flatten()
+    pix = pix[valid]
+    if pix.numel() == 0:
+        return logits.sum() * 0.0
+    if mode == "ce":
+        return pix.mean()
+    w_pix = weight[target.flatten()[valid]]
+    hard = pix > -math.log(thresh) * w_pix
+    n_min = max(pix.numel() // 8, 1)
+    if int(hard.sum()) < n_min:
+        return pix.topk(n_min).values.mean()
+    return pix[hard].mean()
+
+
+def to_tensor(images: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """(N, H, W, 3) uint8 RGB -> normalised float NCHW (channels-last memory)."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
+    """Linear warm-up, then cosine decay to 1% over the run's progress (time or epochs)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+@torch.no_grad()
+def evaluate_torch(
+    model: SegNetRT, images: np.ndarray, masks: np.ndarray, cfg: TrainConfig, num_classes: int
+) -> dict:
+    """mIoU of the torch model on in-memory frames, predicted as the served model does."""
+    model.eval()
+    mean = torch.tensor(cfg.mean).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.std).view(1, 3, 1, 1)
+    conf = np.zeros((num_classes, num_classes), np.int64)
+    for i in range(0, len(images), 4):
+        pred = model.predict(to_tensor(images[i : i + 4], mean, std)).numpy()
+        conf += confusion_matrix(masks[i : i + 4], pred, num_classes)
+    model.train()
+    return miou_from_confusion(conf)
+
+
+class Trainer:
+    """Builds model, data and optimiser from a TrainConfig; ``run()`` trains until the budget ends."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> None:
+        self.cfg = cfg
+        self.quiet = quiet
+        torch.manual_seed(cfg.seed)
+        torch.set_num_threads(cfg.threads)
+        self.out = Path(cfg.runs_dir) / cfg.name
+        self.out.mkdir(parents=True, exist_ok=True)
+        lm_path = find_label_map(cfg.data)
+        if lm_path is None:
+            raise FileNotFoundError(f"no classes.json in {cfg.data} or its parent")
+        self.label_map = LabelMap.load(lm_path)
+        self.num_classes = self.label_map.num_classes
+        self.images, self.masks = load_split(cfg.data)
+        self.val = load_split(cfg.val) if cfg.val else None
+        self.model_cfg = ModelConfig(**{**cfg.model, "num_classes": self.num_classes})
+        self.model = SegNetRT(self.model_cfg).to(memory_format=torch.channels_last)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.weight = class_weights(self.masks, self.num_classes, cfg.class_weight_power)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.aug = Augmenter(cfg.crop, cfg.scale, rng=self.rng)
+        self.mean = torch.tensor(cfg.mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(cfg.std).view(1, 3, 1, 1)
+        self.epoch = 0
+        self.step = 0
+        self.elapsed = 0.0
+        self.best = -1.0
+        self.history: list[dict] = []
+        if resume and (self.out / "last.pt").exists():
+            self._load(self.out / "last.pt")
+
+    # --- checkpoints ----------------------------------------------------------------------
+    def _state(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "opt": self.opt.state_dict(),
+            "model_config": self.model_cfg.to_dict(),
+            "train_config": asdict(self.cfg),
+            "label_map": self.label_map.to_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "best": self.best,
+            "history": self.history,
+            "rng": self.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def _load(self, path: Path) -> None:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(ck["model"])
+        self.opt.load_state_dict(ck["opt"])
+        self.epoch, self.step, self.elapsed = ck["epoch"], ck["step"], ck["elapsed"]
+        self.best, self.history = ck["best"], ck["history"]
+        self.rng.bit_generator.state = ck["rng"]
+        torch.set_rng_state(ck["torch_rng"])
+        self.log(f"resumed from {path}: epoch {self.epoch}, step {self.step}, {self.elapsed / 60:.1f} min")
+
+    def save(self, name: str) -> Path:
+        path = self.out / name
+        tmp = path.with_suffix(".tmp")
+        torch.save(self._state(), tmp)
+        tmp.replace(path)
+        return path
+
+    def log(self, msg: str) -> None:
+        if not self.quiet:
+            tqdm.write(msg)
+        with open(self.out / "train.log", "a") as f:
+            f.write(msg + "\n")
+
+    # --- training -------------------------------------------------------------------------
+    def progress(self) -> float:
+        by_time = self.elapsed / (60 * self.cfg.max_minutes)
+        by_epoch = self.epoch / self.cfg.max_epochs
+        by_step = self.step / self.cfg.max_steps if self.cfg.max_steps else 0.0
+        return max(by_time, by_epoch, by_step)
+
+    def train_step(self, idx: np.ndarray) -> float:
+        pairs = [self.aug(self.images[i], self.masks[i]) for i in idx]
+        x = to_tensor(np.stack([p[0] for p in pairs]), self.mean, self.std)
+        y = torch.from_numpy(np.stack([p[1] for p in pairs])).long()
+        for g in self.opt.param_groups:
+            g["lr"] = lr_at(self.cfg, self.step, self.progress())
+        logits, aux = self.model(x)
+        c = self.cfg
+        loss = seg_loss(logits, y, self.weight, c.loss, c.ohem_thresh)
+        if c.aux_weight > 0:
+            loss = loss + c.aux_weight * seg_loss(aux, y, self.weight, c.loss, c.ohem_thresh)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.step += 1
+        return float(loss.detach())
+
+    def run(self) -> dict:
+        """Train until the time/epoch/step budget is spent; returns the last history entry."""
+        c = self.cfg
+        self.model.train()
+        self.log(f"training {self.model_cfg} on {len(self.images)} frames -> {self.out}")
+        losses: list[float] = []
+        while self.progress() < 1.0:
+            order = self.rng.permutation(len(self.images))
+            batches = [order[i : i + c.batch] for i in range(0, len(order) - c.batch + 1, c.batch)]
+            bar = tqdm(batches, desc=f"epoch {self.epoch + 1}", disable=self.quiet, leave=False)
+            losses = []
+            for idx in bar:
+                t0 = time.perf_counter()
+                losses.append(self.train_step(idx))
+                self.elapsed += time.perf_counter() - t0
+                bar.set_postfix(
+                    loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{self.opt.param_groups[0]['lr']:.2e}"
+                )
+                if self.progress() >= 1.0:
+                    break
+            self.epoch += 1
+            entry = {
+                "epoch": self.epoch,
+                "step": self.step,
+                "minutes": round(self.elapsed / 60, 2),
+                "loss": float(np.mean(losses)) if losses else float("nan"),
+            }
+            done = self.progress() >= 1.0
+            if self.val is not None and (self.epoch % c.val_every == 0 or done):
+                res = evaluate_torch(self.model, *self.val, c, self.num_classes)
+                entry["val_miou"] = res["miou"]
+                if res["miou"] > self.best:
+                    self.best = res["miou"]
+                    self.save("best.pt")
+            self.history.append(entry)
+            self.log(json.dumps(entry))
+            self.save("last.pt")
+        if self.val is None:
+            self.save("best.pt")
+        return self.history[-1] if self.history else {}

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from segserve.train.model import ModelConfig, SegNetRT, count_parameters, predict_labels  # noqa: E402
+
+
+@pytest.mark.parametrize("size", [(360, 480), (97, 131)])
+def test_shapes(size: tuple[int, int]) -> None:
+    net = SegNetRT(ModelConfig(num_classes=5))
+    x = torch.randn(2, 3, *size)
+    logits, aux = net.train()(x)
+    assert logits.shape == (2, 5, *size) and aux.shape == (2, 5, *size)
+    net.eval()
+    ids = net.predict(x)
+    assert ids.shape == (2, *size) and ids.dtype == torch.uint8 and int(ids.max()) < 5
+
+
+def test_predict_labels_repeats_half_resolution_argmax() -> None:
+    logits4 = torch.randn(1, 3, 4, 4)
+    ids = predict_labels(logits4, (15, 16))
+    assert ids.shape == (1, 15, 16)
+    half = torch.nn.functional.interpolate(logits4, size=(8, 8), mode="bilinear").argmax(1)
+    assert torch.equal(ids[:, ::2, ::2], half.to(torch.uint8))
+    assert torch.equal(ids[:, 0:14:2, :], ids[:, 1:15:2, :])
+    assert torch.equal(ids[:, :, 0::2], ids[:, :, 1::2])
+
+
+def test_parameter_count_is_small() -> None:
+    net = SegNetRT()
+    assert 100_000 < count_parameters(net) < 1_500_000
+    assert count_parameters(net, inference_only=False) > count_parameters(net)
+
+
+def test_config_round_trip() -> None:
+    cfg = ModelConfig(num_classes=7, detail=32)
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
