@@ -89,3 +89,51 @@ def test_unwrappable_models_are_explained(tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(ModelError, match="not a readable ONNX model"):
         prepare_model(tmp_path / "junk.onnx")
+
+
+def test_float_model_whose_names_collide_with_the_contract(frames):
+    raw = float_logits_model(num_classes=4)
+    from segserve.graph import _rename_value
+
+    _rename_value(raw.graph, "input", "images")
+    _rename_value(raw.graph, "logits", "labels")
+    prepared = prepare_model(raw)
+    labels = _session(prepared.model).run(["labels"], {"images": frames})[0]
+    assert labels.shape == (3, 48, 64) and labels.dtype == np.uint8
+    assert raw.graph.input[0].name == "images"  # the caller's model is left as it was
+
+
+def _nhwc_colour_model(stride: int) -> onnx.ModelProto:
+    """float NHWC in, NHWC 'logits' = the pixel's own RGB (average-pooled by ``stride``)."""
+    h, w = 48 // stride, 64 // stride
+    inp = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 48, 64, 3])
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", h, w, 3])
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]),
+        helper.make_node(
+            "AveragePool", ["t"], ["p"], kernel_shape=[stride, stride], strides=[stride, stride]
+        ),
+        helper.make_node("Transpose", ["p"], ["y"], perm=[0, 2, 3, 1]),
+    ]
+    graph = helper.make_graph(nodes, "tf", [inp], [out])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_nhwc_float_model_with_nhwc_logits(frames):
+    prepared = prepare_model(_nhwc_colour_model(1), mean=(0, 0, 0), std=(1, 1, 1))
+    labels = _session(prepared.model).run(["labels"], {"images": frames})[0]
+    assert np.array_equal(labels, frames.argmax(-1))  # the id is the dominant RGB channel
+    coarse = prepare_model(_nhwc_colour_model(4), mean=(0, 0, 0), std=(1, 1, 1))
+    assert _session(coarse.model).run(["labels"], {"images": frames})[0].shape == (3, 48, 64)
+
+
+def test_served_model_under_other_names_is_renamed():
+    inp = helper.make_tensor_value_info("rgb", TensorProto.UINT8, [1, 8, 8, 3])
+    out = helper.make_tensor_value_info("seg", TensorProto.UINT8, [1, 8, 8])
+    nodes = [helper.make_node("ReduceMax", ["rgb"], ["seg"], axes=[3], keepdims=0)]
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [inp], [out]), opset_imports=[helper.make_opsetid("", 13)]
+    )
+    prepared = prepare_model(model)
+    out = _session(prepared.model).run(["labels"], {"images": np.full((1, 8, 8, 3), 3, np.uint8)})[0]
+    assert out.max() == 3 and not prepared.metadata.dynamic_batch

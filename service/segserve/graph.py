@@ -121,17 +121,39 @@ def _opset(model: onnx.ModelProto) -> int:
     return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
 
 
+def _rename_value(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Rename a value everywhere in a graph (node inputs/outputs, graph I/O, value_info, subgraphs)."""
+    for node in graph.node:
+        node.input[:] = [new if name == old else name for name in node.input]
+        node.output[:] = [new if name == old else name for name in node.output]
+        for attr in node.attribute:
+            for sub in (
+                [attr.g, *attr.graphs]
+                if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                else []
+            ):
+                _rename_value(sub, old, new)
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        if value.name == old:
+            value.name = new
+
+
 def wrap_float_model(
     model: onnx.ModelProto,
     mean: tuple[float, float, float],
     std: tuple[float, float, float],
     input_size: tuple[int, int] | None = None,
 ) -> onnx.ModelProto:
-    """Wrap a float NCHW -> NCHW-logits network into the served uint8 contract."""
+    """Wrap a float network into the served uint8 contract.
+
+    Takes NCHW input with NCHW logits (PyTorch's layout) or NHWC input with NHWC logits
+    (TensorFlow's); the logits may be at a coarser stride than the input.
+    """
     inp, out = graph_io(model)
-    if inp.elem_type not in _FLOATS or len(inp.shape) != 4 or inp.shape[1] not in (3, None, "C"):
+    nhwc = len(inp.shape) == 4 and inp.shape[3] == 3 and inp.shape[1] != 3
+    if inp.elem_type not in _FLOATS or len(inp.shape) != 4 or not (nhwc or inp.shape[1] in (3, None, "C")):
         raise ModelError(
-            f"cannot wrap input {inp.name!r}: expected float [N, 3, H, W], got type "
+            f"cannot wrap input {inp.name!r}: expected float [N, 3, H, W] (or [N, H, W, 3]), got type "
             f"{TensorProto.DataType.Name(inp.elem_type)} shape {list(inp.shape)}"
         )
     if len(out.shape) != 4:
@@ -142,36 +164,53 @@ def wrap_float_model(
         raise ModelError(
             f"the model's opset is {_opset(model)}; wrapping needs opset 13 or newer (re-export it)"
         )
-    height = _static(inp.shape[2], "input height", input_size[0] if input_size else None)
-    width = _static(inp.shape[3], "input width", input_size[1] if input_size else None)
+    h_axis, w_axis, c_axis = (1, 2, 3) if nhwc else (2, 3, 1)
+    num_classes = out.shape[c_axis]
+    if isinstance(num_classes, int) and num_classes > 256:
+        raise ModelError(f"the model has {num_classes} classes; uint8 class ids hold at most 256")
+    height = _static(inp.shape[h_axis], "input height", input_size[0] if input_size else None)
+    width = _static(inp.shape[w_axis], "input width", input_size[1] if input_size else None)
 
+    model = onnx.ModelProto.FromString(model.SerializeToString())  # never edit the caller's copy
     g = model.graph
+    net_in, net_out = "segserve_net_input", "segserve_net_logits"
+    _rename_value(g, inp.name, net_in)
+    _rename_value(g, out.name, net_out)
     batch = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else "N"
+    stat_shape = (1, 1, 1, 3) if nhwc else (1, 3, 1, 1)
     consts = [
-        numpy_helper.from_array(np.asarray(mean, np.float32).reshape(1, 3, 1, 1), "segserve_mean"),
-        numpy_helper.from_array((1.0 / np.asarray(std, np.float32)).reshape(1, 3, 1, 1), "segserve_inv_std"),
+        numpy_helper.from_array(np.asarray(mean, np.float32).reshape(stat_shape), "segserve_mean"),
+        numpy_helper.from_array((1.0 / np.asarray(std, np.float32)).reshape(stat_shape), "segserve_inv_std"),
     ]
-    pre = [
-        helper.make_node("Cast", [INPUT_NAME], ["segserve_f"], to=TensorProto.FLOAT),
-        helper.make_node("Transpose", ["segserve_f"], ["segserve_nchw"], perm=[0, 3, 1, 2]),
-        helper.make_node("Sub", ["segserve_nchw", "segserve_mean"], ["segserve_centered"]),
-    ]
+    pre = [helper.make_node("Cast", [INPUT_NAME], ["segserve_f"], to=TensorProto.FLOAT)]
+    if nhwc:
+        pre.append(helper.make_node("Identity", ["segserve_f"], ["segserve_layout"]))
+    else:
+        pre.append(helper.make_node("Transpose", ["segserve_f"], ["segserve_layout"], perm=[0, 3, 1, 2]))
+    pre.append(helper.make_node("Sub", ["segserve_layout", "segserve_mean"], ["segserve_centered"]))
     if inp.elem_type == TensorProto.FLOAT:
-        pre.append(helper.make_node("Mul", ["segserve_centered", "segserve_inv_std"], [inp.name]))
+        pre.append(helper.make_node("Mul", ["segserve_centered", "segserve_inv_std"], [net_in]))
     else:
         pre += [
             helper.make_node("Mul", ["segserve_centered", "segserve_inv_std"], ["segserve_norm"]),
-            helper.make_node("Cast", ["segserve_norm"], [inp.name], to=inp.elem_type),
+            helper.make_node("Cast", ["segserve_norm"], [net_in], to=inp.elem_type),
         ]
 
-    logits = out.name
+    logits = net_out
     post: list[onnx.NodeProto] = []
-    if out.shape[2] != height or out.shape[3] != width:
+    if out.shape[h_axis] != height or out.shape[w_axis] != width:
         # Logits at a coarser stride (or unknown): upsample to the input size before the argmax.
         consts.append(numpy_helper.from_array(np.asarray([height, width], np.int64), "segserve_hw"))
+        post.append(helper.make_node("Shape", [logits], ["segserve_lshape_n"], start=0, end=1))
+        parts = ["segserve_lshape_n"]
+        if nhwc:
+            parts += ["segserve_hw", "segserve_lshape_c"]
+            post.append(helper.make_node("Shape", [logits], ["segserve_lshape_c"], start=3, end=4))
+        else:
+            parts += ["segserve_lshape_c", "segserve_hw"]
+            post.append(helper.make_node("Shape", [logits], ["segserve_lshape_c"], start=1, end=2))
         post += [
-            helper.make_node("Shape", [logits], ["segserve_lshape"], start=0, end=2),
-            helper.make_node("Concat", ["segserve_lshape", "segserve_hw"], ["segserve_sizes"], axis=0),
+            helper.make_node("Concat", parts, ["segserve_sizes"], axis=0),
             helper.make_node(
                 "Resize",
                 [logits, "", "", "segserve_sizes"],
@@ -182,19 +221,20 @@ def wrap_float_model(
         ]
         logits = "segserve_logits_up"
     post += [
-        helper.make_node("ArgMax", [logits], ["segserve_argmax"], axis=1, keepdims=0),
+        helper.make_node("ArgMax", [logits], ["segserve_argmax"], axis=c_axis, keepdims=0),
         helper.make_node("Cast", ["segserve_argmax"], [OUTPUT_NAME], to=TensorProto.UINT8),
     ]
 
     new_input = helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, [batch, height, width, 3])
     new_output = helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.UINT8, [batch, height, width])
+    value_info = [v for v in g.value_info if v.name not in (net_in, net_out)]
     graph = helper.make_graph(
         [*pre, *g.node, *post],
         g.name or "segserve_wrapped",
         [new_input],
         [new_output],
         initializer=[*g.initializer, *consts],
-        value_info=list(g.value_info),
+        value_info=value_info,
     )
     graph.sparse_initializer.extend(g.sparse_initializer)
     wrapped = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
@@ -204,12 +244,18 @@ def wrap_float_model(
     return wrapped
 
 
-def _cast_labels_to_uint8(model: onnx.ModelProto, out: TensorSpec) -> onnx.ModelProto:
-    """A uint8-input model whose integer class-id output is not uint8 (e.g. int64 from ArgMax)."""
+def _to_served_names(model: onnx.ModelProto, inp: TensorSpec, out: TensorSpec) -> onnx.ModelProto:
+    """A uint8 NHWC model under other names, or with int64/int32 ids: rename, and cast ids to uint8."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
     g = model.graph
-    for node in g.node:
-        node.output[:] = ["segserve_ids" if o == out.name else o for o in node.output]
-        node.input[:] = ["segserve_ids" if i == out.name else i for i in node.input]
+    if inp.name != INPUT_NAME:
+        _rename_value(g, inp.name, INPUT_NAME)
+    del g.output[1:]  # only the class ids are served
+    if out.elem_type == TensorProto.UINT8:
+        if out.name != OUTPUT_NAME:
+            _rename_value(g, out.name, OUTPUT_NAME)
+        return model
+    _rename_value(g, out.name, "segserve_ids")
     g.node.append(helper.make_node("Cast", ["segserve_ids"], [OUTPUT_NAME], to=TensorProto.UINT8))
     del g.output[:]
     g.output.append(helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.UINT8, list(out.shape)))
@@ -254,14 +300,14 @@ def prepare_model(
     wrapped = False
     num_outputs: int | None = None
     if inp.elem_type == TensorProto.UINT8 and len(inp.shape) == 4 and inp.shape[3] == 3:
-        if out.elem_type != TensorProto.UINT8:
-            if out.elem_type not in _INTEGERS or len(out.shape) != 3:
-                raise ModelError(f"uint8-input model must output [N, H, W] class ids, got {list(out.shape)}")
-            model = _cast_labels_to_uint8(model, out)
+        if out.elem_type not in _INTEGERS or len(out.shape) != 3:
+            raise ModelError(
+                f"a uint8-input model must output [N, H, W] integer class ids, got "
+                f"{TensorProto.DataType.Name(out.elem_type)} {list(out.shape)}"
+            )
+        model = _to_served_names(model, inp, out)
         height = _static(inp.shape[1], "input height", input_size[0] if input_size else None)
         width = _static(inp.shape[2], "input width", input_size[1] if input_size else None)
-        if inp.name != INPUT_NAME:
-            raise ModelError(f"served-contract input must be named {INPUT_NAME!r}, got {inp.name!r}")
     else:
         num_outputs = out.shape[1] if len(out.shape) == 4 and isinstance(out.shape[1], int) else None
         model = wrap_float_model(model, mean, std, input_size)
