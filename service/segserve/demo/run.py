@@ -1,0 +1,231 @@
+"""The demo loop: frames -> StreamSegment -> live window with HUD, or headless video + CSV + plot.
+
+A sender (the request iterator, run by grpc) reads and paces frames and keeps at most ``inflight``
+frames between send and receive; the main thread takes the answers in order, draws and writes.
+Ctrl-C stops sending, cancels the call and still writes the report.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import grpc
+import numpy as np
+
+from segserve.client import SegmenterClient
+from segserve.demo.errors import DemoError
+from segserve.demo.hud import draw_hud
+from segserve.demo.pacing import Pacer
+from segserve.demo.records import FrameRecord, RollingStats, summary_line
+from segserve.demo.report import VideoWriter, write_report
+from segserve.demo.sources import Frame, FrameSource, open_source
+from segserve.demo.window import LiveWindow, display_available
+
+
+@dataclass
+class DemoOptions:
+    server: str = "localhost:50051"
+    source: str = "0"
+    out: Path = Path("demo-output")
+    headless: bool | None = None  # None: headless when there is no display
+    realtime: bool = True  # pace file sources at their native rate
+    fps: float | None = None  # override the source's rate (image folders: 15 by default)
+    frames: int | None = None  # stop after this many frames
+    policy: str | None = None  # queue | latest; None: latest for a webcam, queue for files
+    inflight: int = 4
+    alpha: float = 0.5
+    token: str | None = None
+    connect_timeout: float = 5.0
+    hud: bool = True
+    quiet: bool = False
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def connect(options: DemoOptions) -> tuple[SegmenterClient, object]:
+    """A ready client and the server's model info; DemoError when the server cannot be reached."""
+    client = SegmenterClient(options.server, token=options.token)
+    try:
+        client.wait_ready(options.connect_timeout)
+        info = client.model_info()
+    except grpc.FutureTimeoutError:
+        client.close()
+        raise DemoError(
+            f"server {options.server} is not reachable after {options.connect_timeout:.0f} s "
+            "(start one with `segserve serve`, or give --server HOST:PORT)"
+        ) from None
+    except grpc.RpcError as exc:
+        client.close()
+        raise DemoError(f"server {options.server}: {exc.code().name}: {exc.details()}") from None
+    return client, info
+
+
+class Sender:
+    """The request iterator: reads, paces, bounds the frames in flight, remembers what it sent."""
+
+    def __init__(
+        self, client: SegmenterClient, source: FrameSource, options: DemoOptions, pacer: Pacer, policy: str
+    ):
+        self.client, self.source, self.options, self.pacer, self.policy = (
+            client,
+            source,
+            options,
+            pacer,
+            policy,
+        )
+        self.stop = pacer.stop
+        self.slots = threading.Semaphore(options.inflight)
+        self.pending: dict[str, tuple[Frame, int]] = {}
+        self.error: BaseException | None = None
+        self.sent = 0
+
+    def __iter__(self) -> Iterator:
+        try:
+            for frame in self.source.frames():
+                while not self.slots.acquire(timeout=0.1):
+                    if self.stop.is_set():
+                        return
+                if self.stop.is_set() or not self.pacer.wait():
+                    return
+                if not self.source.live:
+                    frame.capture_us = _now_us()  # a file frame "arrives" when it is due
+                frame_id = str(frame.index)
+                msg = self.client.request(
+                    frame.image,
+                    frame_id,
+                    overlay="jpeg",
+                    overlay_alpha=self.options.alpha,
+                    mask=False,
+                    policy=self.policy if self.sent == 0 else None,
+                    capture_time_us=frame.capture_us,
+                )
+                self.pending[frame_id] = (frame, _now_us())
+                self.sent += 1
+                yield msg
+        except BaseException as exc:  # reported by the main thread; grpc would only log it
+            self.error = exc
+
+
+def _placeholder(frame: np.ndarray, text: str) -> np.ndarray:
+    grey = cv2.cvtColor(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR) // 2
+    cv2.putText(
+        grey, text, (20, grey.shape[0] // 2), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (0, 0, 255), 2, cv2.LINE_AA
+    )
+    return grey
+
+
+def run(options: DemoOptions) -> int:
+    """Run the demo; returns the exit code. Raises DemoError for what the user can fix."""
+    source = open_source(options.source, options.fps, options.frames)
+    try:
+        return _run(options, source)
+    finally:
+        source.close()
+
+
+def _run(options: DemoOptions, source: FrameSource) -> int:
+    log = (lambda *a: None) if options.quiet else (lambda *a: print(*a, flush=True))
+    headless = options.headless
+    if headless is None:
+        headless = not display_available()
+        if headless:
+            log("no display: running headless, writing the video and report")
+    client, info = connect(options)
+    window = None if headless else LiveWindow(f"segserve demo: {source.name}")
+    policy = options.policy or ("latest" if source.live else "queue")
+    fps = source.fps or 15.0
+    pacer = Pacer(source.fps if (options.realtime and not source.live) else None)
+    sender = Sender(client, source, options, pacer, policy)
+    stats = RollingStats()
+    records: list[FrameRecord] = []
+    writer = None
+    if headless:
+        options.out.mkdir(parents=True, exist_ok=True)
+        writer = VideoWriter(options.out / "demo.mp4", fps, source.size)
+    metadata = (("authorization", f"Bearer {options.token}"),) if options.token else None
+    log(
+        f"streaming {source.name} ({source.size[0]}x{source.size[1]}, {fps:.0f} fps, "
+        f"{'real time' if pacer.period else 'max rate'}, policy {policy}) to {options.server} "
+        f"[{info.name}@{info.version}, {info.input_size[0]}x{info.input_size[1]}, "
+        f"{'/'.join(info.providers[:1])}]"
+    )
+    call = client.stub.StreamSegment(iter(sender), metadata=metadata)
+    interrupted = failed = False
+    title = (
+        f"{info.name} {info.input_size[0]}x{info.input_size[1]} {info.providers[0] if info.providers else ''}"
+    )
+    try:
+        for response in call:
+            receive_us = _now_us()
+            frame, send_us = sender.pending.pop(response.frame_id, (None, 0))
+            sender.slots.release()
+            if frame is None:
+                continue
+            result = client.result(response, frame.image.shape[1::-1])
+            if result.dropped:
+                status, right = "dropped", _placeholder(frame.image, "dropped (latest policy)")
+            elif result.error is not None:
+                status = f"error: {result.error.code.name} {result.error.message}"
+                right = _placeholder(frame.image, result.error.code.name)
+            else:
+                status, right = "ok", result.overlay
+            record = FrameRecord.from_timing(
+                frame.index, frame.capture_us, send_us, receive_us, status, result.timing
+            )
+            records.append(record)
+            stats.add(record)
+            if options.hud:
+                right = draw_hud(right, stats, info.labels, title)
+            if writer is not None:
+                writer.write(frame.image, right)
+            if window is not None and not window.show(right):
+                log("window closed")
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+        log("interrupted: writing the report of the frames answered so far")
+    except grpc.RpcError as exc:
+        failed = True
+        print(f"error: stream to {options.server} ended: {exc.code().name}: {exc.details()}", file=sys.stderr)
+    finally:
+        sender.stop.set()
+        call.cancel()
+        client.close()
+        if window is not None:
+            window.close()
+        if writer is not None:
+            writer.close()
+    if sender.error is not None and not isinstance(sender.error, KeyboardInterrupt):
+        failed = True
+        print(f"error: reading {source.name}: {sender.error}", file=sys.stderr)
+    meta = {
+        "source": source.name,
+        "server": options.server,
+        "model": f"{info.name}@{info.version}",
+        "input_size": list(info.input_size),
+        "providers": info.providers,
+        "policy": policy,
+        "realtime": bool(pacer.period),
+        "source_fps": source.fps,
+        "interrupted": interrupted,
+    }
+    if headless:
+        paths, summary = write_report(options.out, records, meta)
+        print(
+            f"wrote {paths.video} ({writer.frames if writer else 0} frames), {paths.csv}, {paths.plot}, "
+            f"{paths.summary}"
+        )
+    else:
+        from segserve.demo.records import summarize
+
+        summary = summarize(records)
+    print(summary_line(summary))
+    return 1 if failed else 0

@@ -1,0 +1,179 @@
+"""The demo against a real server: headless video + CSV + plot, image folders, Ctrl-C, `make demo`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+from demo_support import SRC, segserve
+from segserve.cli import main
+
+
+def _video_frames(path: Path) -> int:
+    capture = cv2.VideoCapture(str(path))
+    count = 0
+    while capture.read()[0]:
+        count += 1
+    capture.release()
+    return count
+
+
+def _rows(path: Path) -> list[dict]:
+    with path.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def _is_png(path: Path) -> bool:
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and cv2.imread(str(path)) is not None
+
+
+def test_headless_video_source(target: str, clip: Path, tmp_path: Path, capsys) -> None:
+    code = main(
+        [
+            "demo",
+            "--source",
+            str(clip),
+            "--server",
+            target,
+            "--headless",
+            "--max-rate",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0
+    assert _video_frames(tmp_path / "demo.mp4") == 24
+    first = cv2.VideoCapture(str(tmp_path / "demo.mp4"))
+    ok, frame = first.read()
+    assert ok and frame.shape == (180, 640, 3)  # camera | overlay side by side
+    rows = _rows(tmp_path / "demo_frames.csv")
+    assert [int(r["frame_id"]) for r in rows] == list(range(24))
+    assert all(r["status"] == "ok" for r in rows)
+    for r in rows:
+        assert int(r["capture_us"]) <= int(r["send_us"]) <= int(r["receive_us"])
+        assert int(r["batch_size"]) >= 1 and int(r["inference_us"]) > 0 and int(r["server_total_us"]) > 0
+    assert _is_png(tmp_path / "demo_latency.png")
+    summary = json.loads((tmp_path / "demo_summary.json").read_text())["summary"]
+    assert summary["frames"] == 24 and summary["ok"] == 24
+    assert "frames ok" in capsys.readouterr().out
+
+
+def test_realtime_pacing(target: str, clip: Path, tmp_path: Path) -> None:
+    started = time.monotonic()
+    assert (
+        main(
+            [
+                "demo",
+                "--source",
+                str(clip),
+                "--server",
+                target,
+                "--headless",
+                "--frames",
+                "10",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    assert time.monotonic() - started >= 9 / 25  # 10 frames at the clip's 25 fps
+    assert len(_rows(tmp_path / "demo_frames.csv")) == 10
+
+
+def test_image_folder(target: str, image_folder: Path, tmp_path: Path) -> None:
+    assert (
+        main(
+            [
+                "demo",
+                "--source",
+                str(image_folder),
+                "--server",
+                target,
+                "--headless",
+                "--max-rate",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    assert len(_rows(tmp_path / "demo_frames.csv")) == 5
+    assert _video_frames(tmp_path / "demo.mp4") == 5
+
+
+def test_ctrl_c_still_writes_the_report(target: str, long_clip: Path, tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "segserve",
+            "demo",
+            "--source",
+            str(long_clip),
+            "--server",
+            target,
+            "--headless",
+            "--out",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": SRC},
+    )
+    csv_path = tmp_path / "demo_frames.csv"
+    deadline = time.monotonic() + 30
+    while "streaming" not in (process.stdout.readline() or "streaming") and time.monotonic() < deadline:
+        pass
+    time.sleep(1.5)  # about 35 of the 150 frames at 25 fps
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert "Traceback" not in err
+    rows = _rows(csv_path)
+    assert 0 < len(rows) < 150
+    assert _video_frames(tmp_path / "demo.mp4") == len(rows)
+    assert _is_png(tmp_path / "demo_latency.png")
+    assert json.loads((tmp_path / "demo_summary.json").read_text())["interrupted"] is True
+
+
+def test_run_demo_starts_and_stops_its_server(toy_model: Path, clip: Path, tmp_path: Path) -> None:
+    """What `make demo` runs, on the toy model and a short clip."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "segserve.demo.run_demo",
+            "--model",
+            str(toy_model),
+            "--source",
+            str(clip),
+            "--out",
+            str(tmp_path),
+            "--max-rate",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": SRC},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "SERVING" in result.stdout and "server stopped" in result.stdout and "latency" in result.stdout
+    assert len(_rows(tmp_path / "demo_frames.csv")) == 24
+    assert _video_frames(tmp_path / "demo.mp4") == 24
+    assert (tmp_path / "server.log").is_file()
+
+
+def test_demo_help_lists_the_options() -> None:
+    result = segserve("demo", "--help")
+    assert result.returncode == 0
+    for flag in ("--source", "--server", "--headless", "--realtime", "--max-rate", "--out"):
+        assert flag in result.stdout
