@@ -1,0 +1,496 @@
+"""The benchmark run: every layer on the same frames, then JSON, PNG plots and a table."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from segserve.bench import measure
+from segserve.bench.frames import load_frame_sets, model_inputs
+from segserve.bench.stats import ratio, summary
+from segserve.demo.errors import DemoError
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def default_out() -> Path:
+    return REPO / "benchmarks" / "results" if (REPO / "benchmarks").is_dir() else Path("bench-results")
+
+
+@dataclass
+class BenchConfig:
+    model: Path
+    providers: str = "auto"
+    images: Path = Path("/work/shared/data/camvid/val/images")
+    video: Path | None = REPO / "demo" / "solidWhiteRight.mp4"
+    out: Path = Path("bench-results")
+    quick: bool = False
+    frames: int | None = None  # frames per measurement (default 100, quick 16)
+    max_batch: int = 8
+    streams: tuple[int, ...] = (1, 2, 4, 8)
+    stream_window: int = 1
+    gpu: bool = False
+    server: str | None = None  # measure an existing server instead of starting one
+    intra_op_threads: int = 0
+    naive: Path | None = REPO / "benchmarks" / "naive_pipeline.py"
+    tag: str = ""
+    quiet: bool = False
+
+    @property
+    def count(self) -> int:
+        return self.frames or (16 if self.quick else 100)
+
+    @property
+    def warmup(self) -> int:
+        return 2 if self.quick else 5
+
+
+def _versions() -> dict:
+    import cv2
+    import grpc
+    import onnxruntime
+    from google import protobuf
+
+    import segserve
+
+    return {
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "grpcio": grpc.__version__,
+        "numpy": np.__version__,
+        "opencv": cv2.__version__,
+        "protobuf": protobuf.__version__,
+        "segserve": getattr(segserve, "__version__", ""),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _load_naive(path: Path | None):
+    if path is None or not path.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location("segserve_naive_pipeline", path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[spec.name] = module  # type: ignore[union-attr]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def run(cfg: BenchConfig) -> dict:
+    """Measure everything; returns the results dict (also written to ``cfg.out``)."""
+    import onnxruntime as ort
+
+    from segserve.bench.core import extract_float_core
+    from segserve.demo.server_process import ServerProcess
+    from segserve.engine import EngineConfig
+    from segserve.server import ServerConfig, Service
+
+    say = (lambda *a: None) if cfg.quiet else (lambda *a: print(*a, flush=True))
+    if not Path(cfg.model).is_file():
+        raise DemoError(f"model not found: {cfg.model} (give --model PATH)")
+    providers = "cuda" if cfg.gpu and cfg.providers == "auto" else cfg.providers
+    n, warm = cfg.count, cfg.warmup
+    load_start = os.getloadavg()
+    started = time.perf_counter()
+
+    say(f"loading frames from {cfg.images} and {cfg.video} ...")
+    sets = load_frame_sets(cfg.images, cfg.video, n)
+    hd = sets["camvid_1080p"]
+
+    engine_config = EngineConfig(
+        Path(cfg.model), providers=providers, intra_op_threads=cfg.intra_op_threads, max_batch=cfg.max_batch
+    )
+    server_config = ServerConfig(host="127.0.0.1", port=0, max_batch=cfg.max_batch)
+    service = Service.from_model(engine_config, server_config)
+    engine = service.engine
+    meta_model = engine.metadata
+    inputs = model_inputs(sets[next(iter(sets))], engine.input_hw)
+    results: dict = {"layers": {}}
+    layers = results["layers"]
+
+    batch_sizes = (
+        list(range(1, engine.max_batch + 1)) if not cfg.quick else sorted({1, 2, min(4, engine.max_batch)})
+    )
+    batch_sizes = [b for b in batch_sizes if b <= engine.max_batch]
+    say(f"bare ONNX Runtime, batch {batch_sizes} ...")
+    layers["bare_ort"] = measure.bare_ort(engine.session, engine.input_name, inputs, batch_sizes, n, warm)
+    layers["transfers"] = measure.transfers(engine, inputs, [1, max(batch_sizes)], min(n, 40))
+
+    naive_module = _load_naive(cfg.naive)
+    try:
+        core = extract_float_core(engine_model_proto(engine_config))
+        core_session = ort.InferenceSession(
+            core.model.SerializeToString(), sess_options=_session_options(cfg), providers=engine.providers
+        )
+        say("float network alone (batch 1) ...")
+        layers["float_network"] = measure.float_core(
+            core_session, core.input_name, inputs, meta_model.mean, meta_model.std, n, warm
+        )
+        layers["float_network"]["left_out"] = [*core.pre_ops, "ArgMax", "Cast"]
+    except ValueError as exc:
+        core_session = core = None
+        layers["float_network"] = {"error": str(exc)}
+
+    pipeline = service.pipeline
+    naive = None
+    if naive_module is not None and core_session is not None:
+        palette = np.zeros((256, 3), np.uint8)
+        for c in meta_model.labels.classes:
+            palette[c.id] = c.color
+        naive = naive_module.NaivePipeline(
+            core_session, core.input_name, engine.input_hw, meta_model.mean, meta_model.std, palette
+        )
+
+    server = None
+    target = cfg.server
+    if target is None:
+        say("starting `segserve serve` for the gRPC layers ...")
+        server = ServerProcess(
+            Path(cfg.model),
+            (
+                "--providers",
+                providers,
+                "--max-batch",
+                str(cfg.max_batch),
+                "--intra-op-threads",
+                str(cfg.intra_op_threads),
+                "--log-level",
+                "warning",
+            ),
+        )
+        target = server.start()
+    try:
+        say(
+            f"1080p, one frame at a time, interleaved: in-process pipeline, naive reference, "
+            f"Segment RPC on {target} ..."
+        )
+        _sequential_layers(layers, pipeline, naive, target, hd.jpegs, n, warm)
+        for name, frame_set in sets.items():
+            if name != hd.name:
+                say(f"in-process pipeline, {name} ({frame_set.width}x{frame_set.height}) ...")
+                layers[f"inprocess_{name}"] = measure.pipeline_sequential(
+                    pipeline, frame_set.jpegs, max(8, n // 2), warm
+                )
+        for key in ("inprocess_threads", "segment_rpc_threads", "stream"):
+            layers[key] = {}
+        for k in cfg.streams:
+            say(f"{k} concurrent: in-process threads, Segment RPC threads, StreamSegment streams ...")
+            layers["inprocess_threads"][str(k)] = measure.pipeline_concurrent(pipeline, hd.jpegs, k, n, warm)
+            layers["segment_rpc_threads"][str(k)] = measure.segment_rpc_concurrent(
+                target, hd.jpegs, k, n, warm
+            )
+            layers["stream"][str(k)] = measure.stream_segment(target, hd.jpegs, k, n, cfg.stream_window)
+    finally:
+        if server is not None:
+            server.stop()
+    if engine.device == "cpu" and not cfg.quick:
+        say("experiment: the same pipeline with onnxruntime's thread spinning off ...")
+        layers["experiment_no_spin"] = _no_spin_experiment(
+            engine, engine_config, pipeline, hd.jpegs, n, warm, cfg
+        )
+    service.close()
+
+    results["ratios"], results["acceptance"] = ratios(layers)
+    results["meta"] = {
+        "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "platform": platform.platform(),
+            "cpu": _cpu_model(),
+            "cpu_count": os.cpu_count(),
+            "load_average_start": [round(v, 2) for v in load_start],
+            "load_average_end": [round(v, 2) for v in os.getloadavg()],
+        },
+        "versions": _versions(),
+        "providers_available": ort.get_available_providers(),
+        "providers_used": engine.providers,
+        "device": engine.device,
+        "model": {
+            "path": str(cfg.model),
+            "name": meta_model.name,
+            "version": meta_model.version,
+            "sha256": engine.sha256,
+            "input_hw": list(engine.input_hw),
+            "classes": len(meta_model.labels),
+            "dynamic_batch": meta_model.dynamic_batch,
+            "wrapped": meta_model.wrapped,
+        },
+        "frames": {name: s.describe() for name, s in sets.items()},
+        "workload": "JPEG in; PNG class-id mask and JPEG overlay (q85, alpha 0.5) out, both at the "
+        "frame's size",
+        "settings": {
+            "frames_per_measurement": n,
+            "warmup": warm,
+            "quick": cfg.quick,
+            "max_batch": cfg.max_batch,
+            "max_delay_ms": server_config.max_delay_ms,
+            "intra_op_threads": cfg.intra_op_threads,
+            "stream_window": cfg.stream_window,
+            "streams": list(cfg.streams),
+            "server": cfg.server or "subprocess `segserve serve` on 127.0.0.1",
+        },
+        "seconds": round(time.perf_counter() - started, 1),
+        "tag": cfg.tag,
+    }
+    return results
+
+
+def _sequential_layers(
+    layers: dict, pipeline, naive, target: str, jpegs: list[bytes], n: int, warm: int
+) -> None:
+    """In-process, naive and Segment RPC on the same frames, interleaved frame by frame."""
+    import grpc
+
+    from segserve._proto.segmentation.v1 import segmentation_pb2_grpc as pb_grpc
+    from segserve.pipeline import FrameRequest
+
+    timings, naive_stages, server_total, sizes = [], [], [], []
+    reqs = measure.requests(jpegs, len(jpegs))
+    with grpc.insecure_channel(target, options=measure.CHANNEL_OPTIONS) as channel:
+        stub = pb_grpc.SegmenterStub(channel)
+
+        def ours(i: int) -> None:
+            request = FrameRequest(frame_id=str(i), encoded=jpegs[i % len(jpegs)], options=measure.OPTIONS)
+            timings.append(pipeline.process(request).timing)
+
+        def rpc(i: int) -> None:
+            response = stub.Segment(reqs[i % len(reqs)], timeout=60)
+            server_total.append(response.timing.total_us / 1000)
+            sizes.append(response.ByteSize())
+
+        calls = {"inprocess": ours, "segment_rpc": rpc}
+        if naive is not None:
+            calls["naive"] = lambda i: naive_stages.append(naive.process(jpegs[i % len(jpegs)]).stages_ms)
+        times = measure.interleaved(calls, n, warm, block=4 if n < 40 else 10)
+    for name, values in times.items():
+        layers[name] = summary(values)
+    layers["inprocess"]["stages_mean"] = measure._timing_means(timings)
+    layers["inprocess_camvid_1080p"] = layers["inprocess"]
+    layers["segment_rpc"]["server_total_ms"] = summary(server_total)
+    layers["segment_rpc"]["mean_response_kb"] = round(float(np.mean(sizes)) / 1024, 1)
+    if naive is not None:
+        kept = naive_stages
+        layers["naive"]["stages_mean"] = {
+            k + "_ms": round(float(np.mean([s[k] for s in kept])), 3) for k in kept[0]
+        }
+
+
+def _no_spin_experiment(engine, engine_config, pipeline, jpegs, n: int, warm: int, cfg: BenchConfig) -> dict:
+    """Rebuild the engine's session with session.intra_op.allow_spinning=0 and measure the pipeline again,
+    interleaved with a spinning session, so the difference is the spinning alone."""
+    import onnxruntime as ort
+
+    from segserve.pipeline import FrameRequest
+
+    spinning = engine.session
+    options = _session_options(cfg)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    quiet = ort.InferenceSession(
+        engine_model_proto(engine_config).SerializeToString(),
+        sess_options=options,
+        providers=engine.providers,
+    )
+    stages: dict[str, list] = {"spinning": [], "no_spin": []}
+
+    def with_session(session, key):
+        def call(i: int) -> None:
+            engine.session = session
+            request = FrameRequest(frame_id=str(i), encoded=jpegs[i % len(jpegs)], options=measure.OPTIONS)
+            stages[key].append(pipeline.process(request).timing)
+
+        return call
+
+    try:
+        times = measure.interleaved(
+            {"spinning": with_session(spinning, "spinning"), "no_spin": with_session(quiet, "no_spin")},
+            n,
+            warm,
+            block=10,
+        )
+        out = {k: {**summary(v), "stages_mean": measure._timing_means(stages[k])} for k, v in times.items()}
+        engine.session = quiet
+        out["no_spin_4_threads"] = measure.pipeline_concurrent(pipeline, jpegs, 4, n, warm)
+    finally:
+        engine.session = spinning
+    out["note"] = (
+        "not the shipped configuration: the engine's ORT session rebuilt with "
+        "session.intra_op.allow_spinning=0 (see benchmarks/README.md)"
+    )
+    return out
+
+
+def engine_model_proto(engine_config):
+    from segserve.graph import prepare_model
+
+    return prepare_model(
+        engine_config.model, engine_config.mean, engine_config.std, engine_config.input_size
+    ).model
+
+
+def _session_options(cfg: BenchConfig):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = cfg.intra_op_threads
+    options.inter_op_num_threads = 1
+    return options
+
+
+def _p50(layer: dict | None) -> float | None:
+    return None if not layer or "p50" not in layer else layer["p50"]
+
+
+def ratios(layers: dict) -> tuple[dict, dict]:
+    bare = _p50(layers["bare_ort"].get("1"))
+    out: dict = {"to_bare_ort_p50": {}}
+    for name in ("float_network", "inprocess", "segment_rpc", "naive"):
+        out["to_bare_ort_p50"][name] = ratio(_p50(layers.get(name)), bare)
+    for k, s in layers.get("stream", {}).items():
+        out["to_bare_ort_p50"][f"stream_{k}"] = ratio(s.get("p50"), bare)
+        out["to_bare_ort_p50"][f"stream_{k}_per_frame_cost"] = ratio(s.get("per_frame_cost_ms"), bare)
+    for k, s in layers.get("inprocess_threads", {}).items():
+        out["to_bare_ort_p50"][f"inprocess_{k}_threads_per_frame_cost"] = ratio(
+            s.get("per_frame_cost_ms"), bare
+        )
+
+    acceptance: dict = {}
+    net = _p50(layers.get("float_network"))
+    ours, naive = _p50(layers.get("inprocess")), _p50(layers.get("naive"))
+    if net is not None and ours is not None and naive is not None:
+        ours_around, naive_around = ours - net, naive - net
+        acceptance["a_around_network_speedup"] = {
+            "value": ratio(naive_around, ours_around),
+            "target": ">= 3",
+            "pass": bool(ours_around > 0 and naive_around / ours_around >= 3),
+            "ours_around_ms": round(ours_around, 3),
+            "naive_around_ms": round(naive_around, 3),
+            "network_ms": net,
+            "definition": "(p50 total - p50 of the float network alone) naive / ours, 1080p JPEG in, "
+            "PNG mask + JPEG overlay out, one frame at a time",
+        }
+    rpc = _p50(layers.get("segment_rpc"))
+    b = ratio(rpc, ours)
+    acceptance["b_segment_rpc_over_inprocess_p50"] = {
+        "value": b,
+        "target": "<= 1.15",
+        "pass": b is not None and b <= 1.15,
+    }
+    s4 = layers.get("stream", {}).get("4", {}).get("per_frame_cost_ms")
+    i4 = layers.get("inprocess_threads", {}).get("4", {}).get("per_frame_cost_ms")
+    c = ratio(s4, i4)
+    acceptance["c_stream4_over_inprocess4_per_frame_cost"] = {
+        "value": c,
+        "target": "<= 1.25",
+        "pass": c is not None and c <= 1.25,
+        "definition": "wall time / frames with 4 StreamSegment streams (1 frame in flight each) vs 4 threads "
+        "calling Pipeline.process",
+    }
+    return out, acceptance
+
+
+# --- output ----------------------------------------------------------------------------------------
+def _row(name: str, s: dict, bare: float | None, extra: str = "") -> str:
+    def f(v):
+        return "" if v is None else f"{v:.1f}" if v >= 10 else f"{v:.2f}"
+
+    r = ratio(s.get("p50"), bare)
+    cost = s.get("per_frame_cost_ms")
+    fps = s.get("fps")
+    return (
+        f"| {name} | {f(s.get('p50'))} | {f(s.get('p95'))} | {f(s.get('p99'))} | {f(cost)} | "
+        f"{'' if fps is None else f'{fps:.1f}'} | {'' if r is None else f'{r:.2f}x'} | {extra} |"
+    )
+
+
+def table(results: dict) -> str:
+    layers = results["layers"]
+    bare = _p50(layers["bare_ort"].get("1"))
+    lines = [
+        "| layer | p50 ms | p95 ms | p99 ms | per-frame cost ms | FPS | p50 / bare ORT b1 "
+        "| batch sizes seen |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for b, s in layers["bare_ort"].items():
+        lines.append(
+            _row(f"bare ORT, batch {b} (per call)", {**s, "per_frame_cost_ms": s["per_frame_ms"]}, bare)
+        )
+    if "p50" in layers.get("float_network", {}):
+        lines.append(_row("float network alone, batch 1", layers["float_network"], bare))
+    for key, s in layers.items():
+        if key.startswith("inprocess_camvid") or key.startswith("inprocess_clip"):
+            lines.append(_row(f"in-process pipeline, {key.removeprefix('inprocess_')}", s, bare))
+    for k, s in layers.get("inprocess_threads", {}).items():
+        lines.append(_row(f"in-process pipeline, 1080p, {k} threads", s, bare, _hist(s)))
+    if "naive" in layers:
+        lines.append(_row("naive numpy reference, 1080p", layers["naive"], bare))
+    lines.append(_row("Segment RPC, 1080p", layers["segment_rpc"], bare))
+    for k, s in layers.get("segment_rpc_threads", {}).items():
+        lines.append(_row(f"Segment RPC, 1080p, {k} threads", s, bare, _hist(s)))
+    for k, s in layers.get("stream", {}).items():
+        lines.append(_row(f"StreamSegment, 1080p, {k} streams", s, bare, _hist(s)))
+    exp = layers.get("experiment_no_spin")
+    if exp:
+        lines.append(_row("experiment: in-process 1080p, ORT spinning (as shipped)", exp["spinning"], bare))
+        lines.append(_row("experiment: in-process 1080p, ORT allow_spinning=0", exp["no_spin"], bare))
+        lines.append(
+            _row(
+                "experiment: in-process 1080p, allow_spinning=0, 4 threads",
+                exp["no_spin_4_threads"],
+                bare,
+                _hist(exp["no_spin_4_threads"]),
+            )
+        )
+    lines.append("")
+    for key, a in results["acceptance"].items():
+        mark = "PASS" if a["pass"] else "FAIL"
+        lines.append(f"- {key}: {a['value']} (target {a['target']}) {mark}")
+    return "\n".join(lines)
+
+
+def _hist(s: dict) -> str:
+    return " ".join(f"{k}:{v}" for k, v in s.get("batch_sizes", {}).items())
+
+
+def write(results: dict, out_root: Path) -> Path:
+    meta = results["meta"]
+    stamp = meta["timestamp"].replace(":", "").replace("-", "")[:13]
+    name = f"{stamp}_{meta['model']['name']}_{meta['device']}{'_' + meta['tag'] if meta['tag'] else ''}"
+    out = out_root / name
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    text = table(results)
+    (out / "table.md").write_text(_header(results) + "\n\n" + text + "\n")
+    from segserve.bench.plots import plot_all
+
+    plot_all(results, out)
+    return out
+
+
+def _header(results: dict) -> str:
+    m = results["meta"]
+    machine, model, v = m["machine"], m["model"], m["versions"]
+    h, w = model["input_hw"]
+    return (
+        f"{m['timestamp']} | {machine['cpu']} x{machine['cpu_count']} | load "
+        f"{machine['load_average_start']} -> {machine['load_average_end']} | {m['providers_used'][0]} | "
+        f"model {model['name']}@{model['version']} "
+        f"{w}x{h} | ORT {v['onnxruntime']}, grpcio {v['grpcio']}, numpy {v['numpy']}, OpenCV {v['opencv']} | "
+        f"{m['settings']['frames_per_measurement']} frames per figure"
+    )
