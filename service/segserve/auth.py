@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -34,10 +35,12 @@ def _deny_stream(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
 class TokenAuthInterceptor(grpc.ServerInterceptor):
     """Requires ``authorization: Bearer <token>`` on every method but health checks."""
 
-    def __init__(self, token: str):
-        if not token:
+    def __init__(self, token: str, on_deny: Callable[[str, str], None] | None = None):
+        """``on_deny(method, code_name)`` is told of every refused call (for metrics)."""
+        if not token or not token.strip():
             raise ValueError("an empty token would let everyone in")
-        self._expected = token.encode()
+        self._expected = token.strip().encode()
+        self._on_deny = on_deny
 
     def intercept_service(self, continuation, handler_call_details):
         method = handler_call_details.method
@@ -46,12 +49,17 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         header = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
         scheme, _, token = header.strip().partition(" ")
         if scheme.lower() != "bearer" or not token:
-            code, message = grpc.StatusCode.UNAUTHENTICATED, "missing 'authorization: Bearer <token>' metadata"
+            code, message = (
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing 'authorization: Bearer <token>' metadata",
+            )
         elif hmac.compare_digest(token.strip().encode(), self._expected):
             return continuation(handler_call_details)
         else:
             code, message = grpc.StatusCode.PERMISSION_DENIED, "the bearer token is not valid"
-        log.warning("refused %s: %s", method, code.name)
+        log.warning("refused %s: %s", method, code.name, extra={"method": method, "code": code.name})
+        if self._on_deny is not None:
+            self._on_deny(method.rsplit("/", 1)[-1], code.name)
         handler = continuation(handler_call_details)
         if handler is not None and handler.request_streaming:
             return _deny_stream(code, message)
@@ -63,4 +71,6 @@ def server_credentials(cert: Path, key: Path, client_ca: Path | None = None) -> 
     pairs = [(Path(key).read_bytes(), Path(cert).read_bytes())]
     if client_ca is None:
         return grpc.ssl_server_credentials(pairs)
-    return grpc.ssl_server_credentials(pairs, root_certificates=Path(client_ca).read_bytes(), require_client_auth=True)
+    return grpc.ssl_server_credentials(
+        pairs, root_certificates=Path(client_ca).read_bytes(), require_client_auth=True
+    )
