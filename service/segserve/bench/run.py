@@ -100,12 +100,21 @@ def run(cfg: BenchConfig) -> dict:
     from segserve.bench.core import extract_float_core
     from segserve.demo.server_process import ServerProcess
     from segserve.engine import EngineConfig
-    from segserve.server import ServerConfig, Service
+    from segserve.server import ServerConfig, Service, create_server
 
     say = (lambda *a: None) if cfg.quiet else (lambda *a: print(*a, flush=True))
     if not Path(cfg.model).is_file():
         raise DemoError(f"model not found: {cfg.model} (give --model PATH)")
-    providers = "cuda" if cfg.gpu and cfg.providers == "auto" else cfg.providers
+    providers = cfg.providers
+    gpu_note = ""
+    if cfg.gpu:
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            providers = "cuda" if cfg.providers == "auto" else cfg.providers
+        else:
+            gpu_note = (
+                "--gpu: no CUDA provider in this onnxruntime; measured on CPU (transfers are host copies)"
+            )
+            say(gpu_note)
     n, warm = cfg.count, cfg.warmup
     load_start = os.getloadavg()
     started = time.perf_counter()
@@ -181,7 +190,8 @@ def run(cfg: BenchConfig) -> dict:
             f"1080p, one frame at a time, interleaved: in-process pipeline, naive reference, "
             f"Segment RPC on {target} ..."
         )
-        _sequential_layers(layers, pipeline, naive, target, hd.jpegs, n, warm)
+        local = create_server(service)  # the same Service object, behind gRPC in this process
+        _sequential_layers(layers, pipeline, naive, target, f"127.0.0.1:{local.port}", hd.jpegs, n, warm)
         for name, frame_set in sets.items():
             if name != hd.name:
                 say(f"in-process pipeline, {name} ({frame_set.width}x{frame_set.height}) ...")
@@ -205,7 +215,7 @@ def run(cfg: BenchConfig) -> dict:
         layers["experiment_no_spin"] = _no_spin_experiment(
             engine, engine_config, pipeline, hd.jpegs, n, warm, cfg
         )
-    service.close()
+    local.drain_and_stop(1.0)  # also closes the service
 
     results["ratios"], results["acceptance"] = ratios(layers)
     results["meta"] = {
@@ -247,23 +257,31 @@ def run(cfg: BenchConfig) -> dict:
         },
         "seconds": round(time.perf_counter() - started, 1),
         "tag": cfg.tag,
+        "gpu_requested": cfg.gpu,
+        "note": gpu_note,
     }
     return results
 
 
 def _sequential_layers(
-    layers: dict, pipeline, naive, target: str, jpegs: list[bytes], n: int, warm: int
+    layers: dict, pipeline, naive, target: str, local_target: str, jpegs: list[bytes], n: int, warm: int
 ) -> None:
-    """In-process, naive and Segment RPC on the same frames, interleaved frame by frame."""
+    """In-process, naive and Segment RPC (to the subprocess server, and to a server in this process over
+    the very same pipeline) on the same frames, taking turns in blocks."""
     import grpc
 
     from segserve._proto.segmentation.v1 import segmentation_pb2_grpc as pb_grpc
     from segserve.pipeline import FrameRequest
 
-    timings, naive_stages, server_total, sizes = [], [], [], []
+    timings, naive_stages, server_total, sizes, server_timings = [], [], [], [], []
     reqs = measure.requests(jpegs, len(jpegs))
-    with grpc.insecure_channel(target, options=measure.CHANNEL_OPTIONS) as channel:
+    local_timings: list = []
+    with (
+        grpc.insecure_channel(target, options=measure.CHANNEL_OPTIONS) as channel,
+        grpc.insecure_channel(local_target, options=measure.CHANNEL_OPTIONS) as local_channel,
+    ):
         stub = pb_grpc.SegmenterStub(channel)
+        local_stub = pb_grpc.SegmenterStub(local_channel)
 
         def ours(i: int) -> None:
             request = FrameRequest(frame_id=str(i), encoded=jpegs[i % len(jpegs)], options=measure.OPTIONS)
@@ -272,9 +290,13 @@ def _sequential_layers(
         def rpc(i: int) -> None:
             response = stub.Segment(reqs[i % len(reqs)], timeout=60)
             server_total.append(response.timing.total_us / 1000)
+            server_timings.append(response.timing)
             sizes.append(response.ByteSize())
 
-        calls = {"inprocess": ours, "segment_rpc": rpc}
+        def rpc_local(i: int) -> None:
+            local_timings.append(local_stub.Segment(reqs[i % len(reqs)], timeout=60).timing)
+
+        calls = {"inprocess": ours, "segment_rpc": rpc, "segment_rpc_same_process": rpc_local}
         if naive is not None:
             calls["naive"] = lambda i: naive_stages.append(naive.process(jpegs[i % len(jpegs)]).stages_ms)
         times = measure.interleaved(calls, n, warm, block=4 if n < 40 else 10)
@@ -283,7 +305,9 @@ def _sequential_layers(
     layers["inprocess"]["stages_mean"] = measure._timing_means(timings)
     layers["inprocess_camvid_1080p"] = layers["inprocess"]
     layers["segment_rpc"]["server_total_ms"] = summary(server_total)
+    layers["segment_rpc"]["server_stages_mean"] = measure._timing_means(server_timings)
     layers["segment_rpc"]["mean_response_kb"] = round(float(np.mean(sizes)) / 1024, 1)
+    layers["segment_rpc_same_process"]["server_stages_mean"] = measure._timing_means(local_timings)
     if naive is not None:
         kept = naive_stages
         layers["naive"]["stages_mean"] = {
@@ -391,6 +415,10 @@ def ratios(layers: dict) -> tuple[dict, dict]:
         "value": b,
         "target": "<= 1.15",
         "pass": b is not None and b <= 1.15,
+        "same_process_server": ratio(_p50(layers.get("segment_rpc_same_process")), ours),
+        "definition": "p50 of Segment to the `segserve serve` subprocess / p50 of Pipeline.process, "
+        "same frames taking turns; same_process_server: the server runs in the benchmark's process "
+        "over the very pipeline object measured in-process",
     }
     s4 = layers.get("stream", {}).get("4", {}).get("per_frame_cost_ms")
     i4 = layers.get("inprocess_threads", {}).get("4", {}).get("per_frame_cost_ms")
@@ -440,7 +468,17 @@ def table(results: dict) -> str:
         lines.append(_row(f"in-process pipeline, 1080p, {k} threads", s, bare, _hist(s)))
     if "naive" in layers:
         lines.append(_row("naive numpy reference, 1080p", layers["naive"], bare))
-    lines.append(_row("Segment RPC, 1080p", layers["segment_rpc"], bare))
+    lines.append(
+        _row("Segment RPC, 1080p (server: `segserve serve` subprocess)", layers["segment_rpc"], bare)
+    )
+    if "segment_rpc_same_process" in layers:
+        lines.append(
+            _row(
+                "Segment RPC, 1080p (server in the bench process, same pipeline object)",
+                layers["segment_rpc_same_process"],
+                bare,
+            )
+        )
     for k, s in layers.get("segment_rpc_threads", {}).items():
         lines.append(_row(f"Segment RPC, 1080p, {k} threads", s, bare, _hist(s)))
     for k, s in layers.get("stream", {}).items():
@@ -470,7 +508,7 @@ def _hist(s: dict) -> str:
 
 def write(results: dict, out_root: Path) -> Path:
     meta = results["meta"]
-    stamp = meta["timestamp"].replace(":", "").replace("-", "")[:13]
+    stamp = meta["timestamp"].replace(":", "").replace("-", "")[:15]
     name = f"{stamp}_{meta['model']['name']}_{meta['device']}{'_' + meta['tag'] if meta['tag'] else ''}"
     out = out_root / name
     out.mkdir(parents=True, exist_ok=True)
