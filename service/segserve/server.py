@@ -134,6 +134,17 @@ class Service:
             for session in self._sessions:
                 session.stop_accepting()
 
+    def wait_idle(self, until: float, poll_s: float = 0.02) -> bool:
+        """Wait (to ``time.monotonic()`` ``until``) for no open stream and no admitted frame."""
+        while True:
+            with self._sessions_lock:
+                busy = bool(self._sessions) or self.admission.in_use > 0
+            if not busy:
+                return True
+            if time.monotonic() >= until:
+                return False
+            time.sleep(poll_s)
+
     def register(self, session: StreamSession) -> None:
         with self._sessions_lock:
             self._sessions.add(session)
@@ -309,7 +320,12 @@ class RunningServer:
         log.info("draining: health NOT_SERVING, refusing new calls, %.1fs grace", grace)
         self.health.enter_graceful_shutdown()
         self.service.begin_drain()
-        self.server.stop(grace).wait(grace + 1)
+        end = start + grace
+        # Health answers NOT_SERVING and new calls UNAVAILABLE while accepted frames finish; then
+        # the listener closes and whatever is still open at the end of the grace is cancelled.
+        idle = self.service.wait_idle(end)
+        self.server.stop(max(0.0, end - time.monotonic())).wait(grace + 1)
+        log.info("drain %s", "complete: every accepted frame answered" if idle else "grace expired")
         self.service.close(timeout=max(0.5, grace - (time.monotonic() - start)))
         if self.metrics_http is not None:
             self.metrics_http[0].shutdown()
@@ -373,6 +389,8 @@ def create_server(service: Service, config: ServerConfig | None = None) -> Runni
         if config.metrics_port is not None
         else None
     )
+    if metrics_http is not None:
+        log.info("metrics on http://%s:%d/metrics", config.host, metrics_http[0].server_port)
     log.info(
         "serving %s on %s (pid %d, providers %s, tls %s, auth %s)",
         service.pipeline.model_id,

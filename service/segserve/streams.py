@@ -96,6 +96,9 @@ class StreamSession:
         self.completed = False  # the client half-closed and every frame was read
         self.cancelled = threading.Event()
         self.policy = "queue"
+        self.read_count = 0
+        self.answered = 0  # responses written back (results, errors and dropped markers)
+        self.dropped = 0
 
     # --- lifecycle -------------------------------------------------------------------------------
     def stop_accepting(self) -> None:
@@ -123,6 +126,7 @@ class StreamSession:
                     if not self.accepting or self._give_up():
                         break
                     self._out.append(entry)
+                    self.read_count += 1
                     self._cond.notify_all()
                 self._on_request()
                 try:
@@ -260,6 +264,8 @@ class StreamSession:
                     self._cond.notify_all()
                 response = entry.future.result()
                 yield response
+                self.answered += 1
+                self.dropped += response.dropped
                 if entry.slot:
                     entry.slot = False
                     self._slots.release()
@@ -267,6 +273,14 @@ class StreamSession:
             with self._cond:
                 self._closed = True
                 self._cond.notify_all()
+            log.info(
+                "stream ended: %d frames read, %d answered, %d dropped (%s policy)%s",
+                self.read_count,
+                self.answered,
+                self.dropped,
+                self.policy,
+                " (cancelled)" if self.cancelled.is_set() else "",
+            )
 
     @property
     def unwritten(self) -> int:
