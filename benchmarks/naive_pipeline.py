@@ -57,7 +57,7 @@ class NaivePipeline:
         self.input_hw = input_hw
         self.mean = np.asarray(mean, np.float32)
         self.std = np.asarray(std, np.float32)
-        self.palette_bgr = np.asarray(palette_rgb, np.uint8)[:, ::-1]
+        self.palette_bgr = np.ascontiguousarray(np.asarray(palette_rgb, np.uint8)[:, ::-1])
         self.alpha = alpha
         self.jpeg_quality = jpeg_quality
 

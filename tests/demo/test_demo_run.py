@@ -177,3 +177,38 @@ def test_demo_help_lists_the_options() -> None:
     assert result.returncode == 0
     for flag in ("--source", "--server", "--headless", "--realtime", "--max-rate", "--out"):
         assert flag in result.stdout
+
+
+def test_ctrl_c_in_a_terminal_during_make_demo(toy_model: Path, long_clip: Path, tmp_path: Path) -> None:
+    """Ctrl-C signals the whole foreground process group: the demo still writes its report and stops the
+    server it started (which must not have died first)."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "segserve.demo.run_demo",
+            "--model",
+            str(toy_model),
+            "--source",
+            str(long_clip),
+            "--out",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": SRC},
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line or line.startswith("streaming"):
+            break
+    time.sleep(1.0)
+    os.killpg(process.pid, signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert "Traceback" not in err and "error" not in err
+    assert "server stopped" in out
+    assert 0 < len(_rows(tmp_path / "demo_frames.csv")) < 150

@@ -56,7 +56,10 @@ class ServerProcess:
         else:
             err = subprocess.DEVNULL
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=env, text=True)
+        # Its own session: a Ctrl-C in the terminal reaches only us, and we stop the server in order.
+        self.process = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=err, env=env, text=True, start_new_session=True
+        )
         if self.log_path is not None:
             err.close()
         lines: queue.Queue[str | None] = queue.Queue()
