@@ -59,7 +59,7 @@ class EngineProbe:
 
 @contextlib.contextmanager
 def serve(model: Path, per_batch_s: float = 0.0, grace_s: float = 2.0, **config) -> Iterator[RunningServer]:
-    """A running server for ``model`` with ``ServerConfig(**config)``; ``running.probe`` is its EngineProbe."""
+    """A server for ``model`` with ``ServerConfig(**config)``; ``running.probe`` is its EngineProbe."""
     config.setdefault("host", "127.0.0.1")
     config.setdefault("port", 0)
     config.setdefault("grace_s", grace_s)

@@ -72,7 +72,7 @@ class ServeProcess:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             line = self.proc.stdout.readline()
-            if line.startswith("segserve listening on") or not line and self.proc.poll() is not None:
+            if line.startswith("segserve listening on") or (not line and self.proc.poll() is not None):
                 break
         match = re.search(r"listening on (\S+):(\d+)", line)
         if not match:

@@ -6,6 +6,7 @@ max_batch=1 and 20 ms a batch is 50 frames/s.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -20,7 +21,7 @@ IMAGE = frame()
 
 
 def _open_loop(stub, rate_hz: float, duration_s: float, prefix: str):
-    """Send Segment calls at a fixed rate regardless of answers; returns [(frame_id, code, latency_s, resp)]."""
+    """Segment calls at a fixed rate whatever the answers; returns [(frame_id, code, latency_s, resp)]."""
     results, lock, futures = [], threading.Lock(), []
     interval = 1.0 / rate_hz
     start = time.perf_counter()
@@ -49,10 +50,8 @@ def _open_loop(stub, rate_hz: float, duration_s: float, prefix: str):
         future.add_done_callback(done)
         futures.append(future)
     for f in futures:
-        try:
+        with contextlib.suppress(grpc.RpcError):
             f.result()
-        except grpc.RpcError:
-            pass
     wait_for(lambda: len(results) == n, 5)
     return results
 
