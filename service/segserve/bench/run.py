@@ -117,6 +117,11 @@ def run(cfg: BenchConfig) -> dict:
             say(gpu_note)
     n, warm = cfg.count, cfg.warmup
     load_start = os.getloadavg()
+    if load_start[0] > 0.5 * (os.cpu_count() or 1):
+        say(
+            f"note: load average {load_start[0]:.1f} on {os.cpu_count()} CPUs: other processes are busy, the "
+            "figures will be slower and noisier than on an idle machine (the JSON records the load)"
+        )
     started = time.perf_counter()
 
     say(f"loading frames from {cfg.images} and {cfg.video} ...")
