@@ -8,13 +8,11 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # tests/modelgen.py for every test folder
+sys.path.insert(0, str(Path(__file__).parent))  # modelgen, frames, servers for every test folder
 
 from modelgen import served_model_file
-from segserve.engine import EngineConfig
-from segserve.server import RunningServer, ServerConfig, Service, create_server
-
-MODEL_HW = (96, 128)
+from segserve.server import RunningServer
+from servers import MODEL_HW, start_server
 
 
 @pytest.fixture(scope="session")
@@ -22,12 +20,6 @@ def toy_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return served_model_file(
         tmp_path_factory.mktemp("models") / "toy.onnx", height=MODEL_HW[0], width=MODEL_HW[1]
     )
-
-
-def start_server(model: Path, **config) -> RunningServer:
-    config.setdefault("host", "127.0.0.1")
-    config.setdefault("port", 0)
-    return create_server(Service.from_model(EngineConfig(model, intra_op_threads=1), ServerConfig(**config)))
 
 
 @pytest.fixture(scope="session")

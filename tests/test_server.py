@@ -6,7 +6,6 @@ import cv2
 import grpc
 import numpy as np
 import pytest
-from conftest import start_server
 from frames import jpeg, png, street_frame
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
@@ -14,6 +13,7 @@ from modelgen import float_logits_model
 from segserve._proto.segmentation.v1 import segmentation_pb2 as pb
 from segserve._proto.segmentation.v1 import segmentation_pb2_grpc as pb_grpc
 from segserve.client import SegmenterClient
+from servers import start_server
 
 FRAME_1080 = street_frame(1920, 1080)
 JPEG_1080 = jpeg(FRAME_1080)

@@ -1,0 +1,17 @@
+"""Start real servers for tests (imported by name: test folders each have their own conftest)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from segserve.engine import EngineConfig
+from segserve.server import RunningServer, ServerConfig, Service, create_server
+
+MODEL_HW = (96, 128)
+
+
+def start_server(model: Path, **config) -> RunningServer:
+    """A server on a free loopback port (``port=0``) over ``model``; ``config``: ServerConfig fields."""
+    config.setdefault("host", "127.0.0.1")
+    config.setdefault("port", 0)
+    return create_server(Service.from_model(EngineConfig(model, intra_op_threads=1), ServerConfig(**config)))
