@@ -275,7 +275,7 @@ def _lenient(parse: Callable[[bytes], object]) -> Callable[[bytes], object]:
         try:
             return parse(data)
         except Exception as exc:
-            return Malformed(f"malformed SegmentRequest message: {type(exc).__name__}")
+            return Malformed(f"malformed request message: {type(exc).__name__}")
 
     return deserialize
 
@@ -295,7 +295,7 @@ def add_servicer(servicer: SegmenterServicer, server: grpc.Server) -> None:
         ),
         "GetModelInfo": grpc.unary_unary_rpc_method_handler(
             servicer.GetModelInfo,
-            request_deserializer=pb.GetModelInfoRequest.FromString,
+            request_deserializer=_lenient(pb.GetModelInfoRequest.FromString),  # the request has no fields
             response_serializer=pb.ModelInfo.SerializeToString,
         ),
     }

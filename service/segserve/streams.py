@@ -169,6 +169,13 @@ class StreamSession:
             request = protocol.request_from_proto(msg)
         except SegserveError as exc:
             self._on_error(exc.status)
+            frame_id = msg.frame_id if len(msg.frame_id) <= 128 else msg.frame_id[:128] + "..."
+            log.info(
+                "frame refused: %s %s",
+                exc.status,
+                exc,
+                extra={"frame_id": frame_id, "method": "StreamSegment", "code": exc.status},
+            )
             self._resolve(entry, self._error(msg, grpc.StatusCode[exc.status], str(exc)))
             return
         request.lane = id(self)

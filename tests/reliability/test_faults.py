@@ -143,6 +143,9 @@ def test_slow_reader_is_bounded_and_then_fully_answered(server_factory):
         read_while_stalled = session.read_count
         assert read_while_stalled < n  # the reader stopped: flow control pushes back on the sender
         assert session.unwritten <= 64 and running.service.admission.in_use <= 4
+        # the stalled stream holds no global slot: other callers are served meanwhile
+        assert stub.Segment(raw_request("other", IMAGE), timeout=5).frame_id == "other"
+        assert running.service.admission.in_use == 0
         rest = list(call)
         assert [r.frame_id for r in [first, *rest]] == [f"f{i}" for i in range(n)]
         assert all(len(r.mask.data) == 640 * 480 for r in rest)
