@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"server {server.address}, model {model_desc}, max-inflight {args.max_inflight}")
         with grpc.insecure_channel(server.address, options=OPTIONS) as channel:
             stub = pb_grpc.SegmenterStub(channel)
-            callers = min(args.max_inflight, 16)
+            callers = min(args.max_inflight, 32)  # enough to fill the admission queue and large batches
             closed_loop(stub, frames, callers, 2.0)  # warm-up
             ok, codes, lat = closed_loop(stub, frames, callers, args.duration)
             capacity = ok / args.duration

@@ -2,7 +2,8 @@
 
 Policies: ``queue`` waits for a slot (the client feels HTTP/2 flow control) so every frame is
 answered; ``latest`` keeps only the newest waiting frame and answers the ones it replaces with
-``dropped``, so a live camera's latency stays bounded when it sends faster than the service runs.
+``dropped``, so a live camera's latency stays bounded when it sends faster than the service runs;
+such a stream has at most ``LATEST_MAX_INFLIGHT`` (2) frames in flight whatever the server's limit.
 
 Bounds, so that neither a fast sender nor a slow reader can grow the server's memory:
 
@@ -36,6 +37,11 @@ from segserve.errors import SegserveError
 from segserve.pipeline import FrameRequest
 
 log = logging.getLogger(__name__)
+
+
+# A live camera gains nothing from a deeper pipeline than one frame running and one being decoded:
+# more would only queue its own stale frames ahead of its newest one.
+LATEST_MAX_INFLIGHT = 2
 
 
 @dataclass
@@ -166,6 +172,8 @@ class StreamSession:
         try:
             if index == 0:
                 self.policy = protocol.stream_policy(msg)
+                if self.policy == "latest" and self._slots.limit > LATEST_MAX_INFLIGHT:
+                    self._slots = Admission(LATEST_MAX_INFLIGHT)  # nothing is held before the first frame
             request = protocol.request_from_proto(msg)
         except SegserveError as exc:
             self._on_error(exc.status)
