@@ -83,6 +83,29 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
+def _cpu_snapshot() -> tuple[float, float, float] | None:
+    """(busy CPU seconds of the whole machine, CPU seconds of this process and its waited-for children,
+    monotonic time); None where /proc/stat is missing."""
+    try:
+        with open("/proc/stat") as fh:
+            values = [int(v) for v in fh.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    busy = (sum(values) - values[3] - values[4]) / tick
+    t = os.times()
+    return busy, t.user + t.system + t.children_user + t.children_system, time.monotonic()
+
+
+def other_processes_share(start, end) -> float | None:
+    """Share of all CPUs that other processes used between two snapshots (0..1): the run's noise."""
+    if start is None or end is None:
+        return None
+    wall = end[2] - start[2]
+    others = (end[0] - start[0]) - (end[1] - start[1])
+    return round(max(0.0, others) / (wall * (os.cpu_count() or 1)), 3) if wall > 0 else None
+
+
 def _load_naive(path: Path | None):
     if path is None or not path.is_file():
         return None
@@ -117,6 +140,7 @@ def run(cfg: BenchConfig) -> dict:
             say(gpu_note)
     n, warm = cfg.count, cfg.warmup
     load_start = os.getloadavg()
+    cpu_start = _cpu_snapshot()
     if load_start[0] > 0.5 * (os.cpu_count() or 1):
         say(
             f"note: load average {load_start[0]:.1f} on {os.cpu_count()} CPUs: other processes are busy, the "
@@ -231,6 +255,7 @@ def run(cfg: BenchConfig) -> dict:
             "cpu_count": os.cpu_count(),
             "load_average_start": [round(v, 2) for v in load_start],
             "load_average_end": [round(v, 2) for v in os.getloadavg()],
+            "other_processes_cpu_share": other_processes_share(cpu_start, _cpu_snapshot()),
         },
         "versions": _versions(),
         "providers_available": ort.get_available_providers(),
@@ -526,13 +551,18 @@ def write(results: dict, out_root: Path) -> Path:
     return out
 
 
+def _pct(share: float | None) -> str:
+    return "?" if share is None else f"{share:.0%}"
+
+
 def _header(results: dict) -> str:
     m = results["meta"]
     machine, model, v = m["machine"], m["model"], m["versions"]
     h, w = model["input_hw"]
     return (
         f"{m['timestamp']} | {machine['cpu']} x{machine['cpu_count']} | load "
-        f"{machine['load_average_start']} -> {machine['load_average_end']} | {m['providers_used'][0]} | "
+        f"{machine['load_average_start']} -> {machine['load_average_end']}, other processes used "
+        f"{_pct(machine.get('other_processes_cpu_share'))} of the CPUs | {m['providers_used'][0]} | "
         f"model {model['name']}@{model['version']} "
         f"{w}x{h} | ORT {v['onnxruntime']}, grpcio {v['grpcio']}, numpy {v['numpy']}, OpenCV {v['opencv']} | "
         f"{m['settings']['frames_per_measurement']} frames per figure"
