@@ -76,6 +76,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         scale=_floats(args.scale),
         lr=args.lr,
         loss=args.loss,
+        class_weight_power=args.class_weight_power,
         seed=args.seed,
         threads=args.threads,
         model=model,
@@ -90,7 +91,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     from segserve.train.export import export_checkpoint
 
     report = export_checkpoint(
-        args.checkpoint, args.out, name=args.name, version=args.version, check_dir=args.check_data
+        args.checkpoint,
+        args.out,
+        name=args.name,
+        version=args.version,
+        check_dir=args.check_data,
+        calibrate_dir=args.calibrate_on,
     )
     print(json.dumps(report, indent=1))
     return 0 if report.get("parity_ok", True) else 1
@@ -137,6 +143,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tr.add_argument("--scale", default="0.5,2.0", help="random scale range")
     tr.add_argument("--lr", type=float, default=4e-3)
     tr.add_argument("--loss", choices=["ohem", "ce"], default="ohem")
+    tr.add_argument(
+        "--class-weight-power",
+        type=float,
+        default=0.5,
+        help="class weights = (median freq / freq) ** POWER; 0 = unweighted",
+    )
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--threads", type=int, default=2)
     tr.add_argument("--model-config", help="JSON overrides of ModelConfig widths")
@@ -149,6 +161,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ex.add_argument("--name", default="segserve-camvid")
     ex.add_argument("--version", default="1")
     ex.add_argument("--check-data", help="split folder of real frames for the torch/ONNX parity check")
+    ex.add_argument(
+        "--calibrate-on",
+        metavar="DIR",
+        help="fit per-class logit offsets on this (training) split and fold them into the model",
+    )
     ex.set_defaults(func=cmd_export)
 
     ev = subparsers.add_parser(

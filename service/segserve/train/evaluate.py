@@ -39,7 +39,7 @@ def input_size(session) -> tuple[int, int]:
 
 
 def side_by_side(
-    frame_rgb: np.ndarray, truth: np.ndarray, pred: np.ndarray, lm: LabelMap, width: int = 320
+    frame_rgb: np.ndarray, truth: np.ndarray, pred: np.ndarray, lm: LabelMap, width: int = 240
 ) -> np.ndarray:
     """BGR strip: frame | truth | prediction, each ``width`` pixels wide, with captions."""
     h = round(frame_rgb.shape[0] * width / frame_rgb.shape[1])

@@ -141,12 +141,27 @@ def export_checkpoint(
     check_dir: str | Path | None = None,
     size: tuple[int, int] | None = None,
     min_parity: float = 0.999,
+    calibrate_dir: str | Path | None = None,
 ) -> dict:
-    """Checkpoint -> ONNX; with ``check_dir``, the parity on its real frames (>= ``min_parity``)."""
+    """Checkpoint -> ONNX; with ``check_dir``, the parity on its real frames (>= ``min_parity``).
+
+    With ``calibrate_dir`` (the training split), per-class logit offsets fitted there are folded
+    into the classifier first (see :mod:`segserve.train.calibrate`).
+    """
     net, ck = load_checkpoint(checkpoint)
     tc = ck.get("train_config", {})
     mean = tuple(tc.get("mean", (105.0, 108.0, 110.0)))
     std = tuple(tc.get("std", (78.0, 79.0, 78.0)))
+    offsets = None
+    if calibrate_dir:
+        from segserve.train.calibrate import apply_offsets, fit_offsets, sample_logits
+
+        images, masks = load_split(calibrate_dir)
+        m_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        s_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        offsets, before, after = fit_offsets(*sample_logits(net, images, masks, m_t, s_t))
+        apply_offsets(net, offsets)
+        del images, masks
     size = size or tuple(ck.get("input_size", DEFAULT_SIZE))  # type: ignore[assignment]
     label_map = LabelMap.from_dict(ck["label_map"])
     served = export_model(net, label_map, out, mean, std, size, name, version)  # type: ignore[arg-type]
@@ -159,6 +174,13 @@ def export_checkpoint(
         "best_val_miou": ck.get("best"),
         "size_bytes": Path(out).stat().st_size,
     }
+    if offsets is not None:
+        report["calibration"] = {
+            "data": str(calibrate_dir),
+            "offsets": [round(float(v), 3) for v in offsets],
+            "sampled_miou_before": before,
+            "sampled_miou_after": after,
+        }
     if check_dir:
         frames, _ = load_split(check_dir)
         agree = parity(served, out, frames)
