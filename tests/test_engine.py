@@ -2,7 +2,7 @@ import numpy as np
 import onnx
 import pytest
 from modelgen import float_logits_model
-from segserve.engine import Engine, EngineConfig
+from segserve.engine import Engine, EngineConfig, session_options
 
 
 @pytest.fixture
@@ -72,3 +72,20 @@ def test_auto_falls_back_when_a_gpu_provider_fails_to_start(toy_model, monkeypat
     monkeypatch.setattr(engine_module, "_session", fake_session)
     engine = Engine(EngineConfig(toy_model, providers="auto"))
     assert engine.providers == [prov.CPU] and engine.device == "cpu" and not engine.io_binding
+
+
+def test_spinning_is_off_by_default_and_can_be_turned_on():
+    quiet = session_options(2)
+    assert quiet.intra_op_num_threads == 2
+    assert quiet.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert quiet.get_session_config_entry("session.inter_op.allow_spinning") == "0"
+    busy = session_options(spinning=True)
+    with pytest.raises(Exception, match="allow_spinning"):  # never set: onnxruntime's default (on)
+        busy.get_session_config_entry("session.intra_op.allow_spinning")
+
+
+def test_engine_with_spinning_on_gives_the_same_ids(toy_model, frames):
+    batch = frames[:2]
+    quiet = Engine(EngineConfig(model=toy_model)).run(batch)
+    busy = Engine(EngineConfig(model=toy_model, spinning=True)).run(batch)
+    np.testing.assert_array_equal(quiet, busy)

@@ -41,6 +41,15 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     opt(p, "--intra-op-threads", 0, int, help="onnxruntime intra-op threads (0: all cores)")
     opt(
         p,
+        "--ort-spinning",
+        False,
+        _flag,
+        nargs="?",
+        const=True,
+        help="let onnxruntime's threads busy-wait between runs (off: leaves the CPU to the other stages)",
+    )
+    opt(
+        p,
         "--resize-in-graph",
         False,
         _flag,
@@ -125,6 +134,7 @@ def _serve(args: argparse.Namespace) -> int:
         model=Path(args.model),
         providers=args.providers,
         intra_op_threads=args.intra_op_threads,
+        spinning=args.ort_spinning,
         max_batch=args.max_batch,
         mean=cfg.parse_triple(args.mean),
         std=cfg.parse_triple(args.std),
@@ -148,12 +158,43 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_connection(p: argparse.ArgumentParser, token: bool = True) -> None:
+    """--server, --token and the TLS options of the commands that call a running server."""
+    p.add_argument("--server", default=cfg.env_default("--server", "localhost:50051"))
+    if token:
+        p.add_argument("--token", default=cfg.env_default("--token"), help="bearer token")
+    p.add_argument("--tls-ca", default=cfg.env_default("--tls-ca"), help="CA (PEM) of the server: use TLS")
+    p.add_argument("--tls-client-cert", default=cfg.env_default("--tls-client-cert"), help="for mutual TLS")
+    p.add_argument("--tls-client-key", default=cfg.env_default("--tls-client-key"), help="for mutual TLS")
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def _client_cert(args: argparse.Namespace) -> tuple[Path, Path] | None:
+    if bool(args.tls_client_cert) != bool(args.tls_client_key):
+        raise SystemExit("error: --tls-client-cert and --tls-client-key go together")
+    return (Path(args.tls_client_cert), Path(args.tls_client_key)) if args.tls_client_cert else None
+
+
+def _client(args: argparse.Namespace, **kwargs):
+    from segserve.client import SegmenterClient
+
+    return SegmenterClient(
+        args.server,
+        token=args.token,
+        root_certificates=_path(args.tls_ca),
+        client_cert=_client_cert(args),
+        **kwargs,
+    )
+
+
 def _add_segment(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="segment one image file on a running server")
     p.add_argument("image", type=Path)
     p.add_argument("--out", type=Path, default=Path("segment-output"), help="folder for mask, overlay, JSON")
-    p.add_argument("--server", default=cfg.env_default("--server", "localhost:50051"))
-    p.add_argument("--token", default=cfg.env_default("--token"))
+    _add_connection(p)
     p.set_defaults(func=_segment)
 
 
@@ -163,13 +204,12 @@ def _segment(args: argparse.Namespace) -> int:
     import cv2
     import grpc
 
-    from segserve.client import SegmenterClient
     from segserve.labels import mask_to_training_rgb
 
     if not args.image.is_file():
         print(f"error: no such image: {args.image}", file=sys.stderr)
         return 2
-    with SegmenterClient(args.server, token=args.token, send="jpeg") as client:
+    with _client(args, send="jpeg") as client:
         try:
             result = client.segment(args.image.read_bytes(), args.image.stem, overlay="png", coverage=True)
             labels = client.model_info().labels
@@ -196,17 +236,14 @@ def _segment(args: argparse.Namespace) -> int:
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="print a running server's model info")
-    p.add_argument("--server", default=cfg.env_default("--server", "localhost:50051"))
-    p.add_argument("--token", default=cfg.env_default("--token"))
+    _add_connection(p)
     p.set_defaults(func=_info)
 
 
 def _info(args: argparse.Namespace) -> int:
     import grpc
 
-    from segserve.client import SegmenterClient
-
-    with SegmenterClient(args.server, token=args.token) as client:
+    with _client(args) as client:
         try:
             info = client.model_info()
         except grpc.RpcError as exc:
@@ -223,7 +260,7 @@ def _info(args: argparse.Namespace) -> int:
 
 def _add_health(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("health", help="exit 0 when a server reports SERVING (for Docker HEALTHCHECK, probes)")
-    p.add_argument("--server", default=cfg.env_default("--server", "localhost:50051"))
+    _add_connection(p, token=False)
     p.add_argument("--timeout", type=float, default=3.0)
     p.set_defaults(func=_health)
 
@@ -232,7 +269,9 @@ def _health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(args.server) as channel:
+    from segserve.client import open_channel
+
+    with open_channel(args.server, _path(args.tls_ca), _client_cert(args)) as channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=args.timeout

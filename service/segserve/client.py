@@ -83,6 +83,24 @@ def _status_code(value: int) -> grpc.StatusCode:
     return next((s for s in grpc.StatusCode if s.value[0] == value), grpc.StatusCode.UNKNOWN)
 
 
+def open_channel(
+    target: str,
+    root_certificates: Path | bytes | None = None,
+    client_cert: tuple[Path, Path] | None = None,
+    options: list[tuple[str, int]] | None = None,
+) -> grpc.Channel:
+    """A TLS channel when a CA or a client certificate (cert, key) is given, a plain one otherwise."""
+    if root_certificates is None and client_cert is None:
+        return grpc.insecure_channel(target, options=options)
+
+    def read(p: Path | bytes | None) -> bytes | None:
+        return p if isinstance(p, bytes) or p is None else Path(p).read_bytes()
+
+    key, chain = (read(client_cert[1]), read(client_cert[0])) if client_cert else (None, None)
+    creds = grpc.ssl_channel_credentials(read(root_certificates), key, chain)
+    return grpc.secure_channel(target, creds, options=options)
+
+
 class SegmenterClient:
     """A channel to one server. Thread-safe: ``segment`` may be called from many threads."""
 
@@ -110,16 +128,7 @@ class SegmenterClient:
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ]
-        if root_certificates is not None or client_cert is not None:
-
-            def read(p: Path | bytes | None) -> bytes | None:
-                return p if isinstance(p, bytes) or p is None else Path(p).read_bytes()
-
-            key, chain = (read(client_cert[1]), read(client_cert[0])) if client_cert else (None, None)
-            creds = grpc.ssl_channel_credentials(read(root_certificates), key, chain)
-            self.channel = grpc.secure_channel(target, creds, options=options)
-        else:
-            self.channel = grpc.insecure_channel(target, options=options)
+        self.channel = open_channel(target, root_certificates, client_cert, options)
         self.stub = pb_grpc.SegmenterStub(self.channel)
         self._info: ModelInfo | None = None
 

@@ -45,6 +45,7 @@ class EngineConfig:
     providers: str = "auto"
     intra_op_threads: int = 0  # 0: onnxruntime's default (all cores)
     inter_op_threads: int = 1
+    spinning: bool = False  # onnxruntime pool threads busy-wait after each run (see session_options)
     max_batch: int = 8
     io_binding: bool | None = None  # None: on when the device is a GPU
     cuda_graph: bool = False
@@ -85,6 +86,23 @@ class BoundBuffers:
         return self.output.numpy()  # device -> host copy of the uint8 ids (a view on CPU)
 
 
+def session_options(intra_op_threads: int = 0, inter_op_threads: int = 1, spinning: bool = False):
+    """ORT session options as the engine uses them.
+
+    Spinning is off by default: after each run onnxruntime's pool threads busy-wait for more work,
+    which on a small CPU takes a core away from the decode/resize/encode stages of the same and the
+    next frames (measured in benchmarks/README.md); on a GPU it changes nothing.
+    """
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = inter_op_threads
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return options
+
+
 def _session(model_bytes: bytes, options, providers: list[str], provider_options: list[dict]):
     return ort.InferenceSession(
         model_bytes, sess_options=options, providers=providers, provider_options=provider_options
@@ -110,10 +128,7 @@ class Engine:
             cuda_graph=config.cuda_graph,
             **({"trt_cache_dir": config.trt_cache_dir} if config.trt_cache_dir else {}),
         )
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = config.intra_op_threads
-        options.inter_op_num_threads = config.inter_op_threads
+        options = session_options(config.intra_op_threads, config.inter_op_threads, config.spinning)
         self.session, self.providers = self._create_session(model.SerializeToString(), options, settings)
         log.info("providers in use (fallback order): %s", " > ".join(self.providers))
         self.device = prov.device_of(self.providers)

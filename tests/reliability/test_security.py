@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -199,6 +200,26 @@ def _with_metadata(details):
     )
 
 
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "segserve", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_cli_commands_speak_tls_and_token(tls_server, pki):
+    """`segserve health` (no token: probes stay open), `info` and `segment` against a TLS server."""
+    target, ca = f"127.0.0.1:{tls_server.port}", str(pki / "ca.crt")
+    health = _cli("health", "--server", target, "--tls-ca", ca)
+    assert health.returncode == 0 and "SERVING" in health.stdout
+    plain = _cli("health", "--server", target, "--timeout", "2")
+    assert plain.returncode == 1 and plain.stderr  # a plain-text channel to a TLS port fails cleanly
+    info = _cli("info", "--server", target, "--tls-ca", ca, "--token", TOKEN)
+    assert info.returncode == 0 and "toy" in info.stdout
+    refused = _cli("info", "--server", target, "--tls-ca", ca)
+    assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr
+    assert TOKEN not in refused.stderr
+
+
 def test_mutual_tls(small_model, pki):
     tls = TlsConfig(pki / "server.crt", pki / "server.key", client_ca=pki / "ca.crt")
     with serve(small_model, tls=tls) as running:
@@ -210,6 +231,15 @@ def test_mutual_tls(small_model, pki):
             timeout=5,
         ) as client:
             assert client.segment(IMAGE, "m").frame_id == "m"
+        mtls = ["--tls-ca", str(pki / "ca.crt"), "--tls-client-cert", str(pki / "client.crt")]
+        assert (
+            _cli("health", "--server", target, *mtls, "--tls-client-key", str(pki / "client.key")).returncode
+            == 0
+        )
+        no_cert = _cli("health", "--server", target, "--tls-ca", str(pki / "ca.crt"))
+        assert no_cert.returncode == 1 and "UNAVAILABLE" in no_cert.stderr
+        half = _cli("health", "--server", target, *mtls)
+        assert half.returncode != 0 and "go together" in half.stderr
         with _secure_channel(running.port, pki, client="client") as channel:
             raw = channel.unary_unary("/segmentation.v1.Segmenter/GetModelInfo")(b"", timeout=5)
             assert pb.ModelInfo.FromString(raw).name == "toy"

@@ -239,11 +239,6 @@ def run(cfg: BenchConfig) -> dict:
     finally:
         if server is not None:
             server.stop()
-    if engine.device == "cpu" and not cfg.quick:
-        say("experiment: the same pipeline with onnxruntime's thread spinning off ...")
-        layers["experiment_no_spin"] = _no_spin_experiment(
-            engine, engine_config, pipeline, hd.jpegs, n, warm, cfg, naive_module, naive, core, inputs
-        )
     local.drain_and_stop(1.0)  # also closes the service
 
     results["ratios"], results["acceptance"] = ratios(layers)
@@ -345,80 +340,6 @@ def _sequential_layers(
         }
 
 
-def _no_spin_experiment(
-    engine,
-    engine_config,
-    pipeline,
-    jpegs,
-    n: int,
-    warm: int,
-    cfg: BenchConfig,
-    naive_module,
-    naive,
-    core,
-    inputs,
-) -> dict:
-    """Rebuild the engine's session with session.intra_op.allow_spinning=0 and measure the pipeline again,
-    interleaved with a spinning session, so the difference is the spinning alone; the naive reference and
-    the float network get the same treatment, so acceptance (a) can be recomputed with spinning off."""
-    import onnxruntime as ort
-
-    from segserve.pipeline import FrameRequest
-
-    spinning = engine.session
-    options = _session_options(cfg)
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    quiet = ort.InferenceSession(
-        engine_model_proto(engine_config).SerializeToString(),
-        sess_options=options,
-        providers=engine.providers,
-    )
-    stages: dict[str, list] = {"spinning": [], "no_spin": []}
-    calls = {}
-    quiet_naive = quiet_core = None
-    if naive is not None and core is not None:
-        quiet_core = ort.InferenceSession(
-            core.model.SerializeToString(), sess_options=options, providers=engine.providers
-        )
-        quiet_naive = naive_module.NaivePipeline(
-            quiet_core, core.input_name, engine.input_hw, naive.mean, naive.std, np.zeros((256, 3), np.uint8)
-        )
-        quiet_naive.palette_bgr = naive.palette_bgr
-
-    def with_session(session, key):
-        def call(i: int) -> None:
-            engine.session = session
-            request = FrameRequest(frame_id=str(i), encoded=jpegs[i % len(jpegs)], options=measure.OPTIONS)
-            stages[key].append(pipeline.process(request).timing)
-
-        return call
-
-    try:
-        calls = {"spinning": with_session(spinning, "spinning"), "no_spin": with_session(quiet, "no_spin")}
-        if quiet_naive is not None:
-            calls["naive_no_spin"] = lambda i: quiet_naive.process(jpegs[i % len(jpegs)])
-        times = measure.interleaved(calls, n, warm, block=10)
-        out = {
-            k: {**summary(v), "stages_mean": measure._timing_means(stages[k])}
-            for k, v in times.items()
-            if k in stages
-        }
-        if quiet_naive is not None:
-            out["naive_no_spin"] = summary(times["naive_no_spin"])
-            out["float_network_no_spin"] = measure.float_core(
-                quiet_core, core.input_name, inputs, naive.mean, naive.std, n, warm
-            )
-        engine.session = quiet
-        out["no_spin_4_threads"] = measure.pipeline_concurrent(pipeline, jpegs, 4, n, warm)
-    finally:
-        engine.session = spinning
-    out["note"] = (
-        "not the shipped configuration: the engine's ORT session rebuilt with "
-        "session.intra_op.allow_spinning=0 (see benchmarks/README.md)"
-    )
-    return out
-
-
 def engine_model_proto(engine_config):
     from segserve.graph import prepare_model
 
@@ -428,13 +349,9 @@ def engine_model_proto(engine_config):
 
 
 def _session_options(cfg: BenchConfig):
-    import onnxruntime as ort
+    from segserve.engine import session_options
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = cfg.intra_op_threads
-    options.inter_op_num_threads = 1
-    return options
+    return session_options(cfg.intra_op_threads)
 
 
 def _p50(layer: dict | None) -> float | None:
@@ -468,16 +385,6 @@ def ratios(layers: dict) -> tuple[dict, dict]:
             "network_ms": net,
             "definition": "(p50 total - p50 of the float network alone) naive / ours, 1080p JPEG in, "
             "PNG mask + JPEG overlay out, one frame at a time",
-        }
-    exp = layers.get("experiment_no_spin", {})
-    net_q, ours_q, naive_q = (_p50(exp.get(k)) for k in ("float_network_no_spin", "no_spin", "naive_no_spin"))
-    if "a_around_network_speedup" in acceptance and None not in (net_q, ours_q, naive_q) and ours_q > net_q:
-        acceptance["a_around_network_speedup"]["with_spinning_off"] = {
-            "value": ratio(naive_q - net_q, ours_q - net_q),
-            "ours_around_ms": round(ours_q - net_q, 3),
-            "naive_around_ms": round(naive_q - net_q, 3),
-            "network_ms": net_q,
-            "note": "the experiment: every ORT session with session.intra_op.allow_spinning=0",
         }
     rpc = _p50(layers.get("segment_rpc"))
     b = ratio(rpc, ours)
@@ -553,29 +460,10 @@ def table(results: dict) -> str:
         lines.append(_row(f"Segment RPC, 1080p, {k} threads", s, bare, _hist(s)))
     for k, s in layers.get("stream", {}).items():
         lines.append(_row(f"StreamSegment, 1080p, {k} streams", s, bare, _hist(s)))
-    exp = layers.get("experiment_no_spin")
-    if exp:
-        lines.append(_row("experiment: in-process 1080p, ORT spinning (as shipped)", exp["spinning"], bare))
-        lines.append(_row("experiment: in-process 1080p, ORT allow_spinning=0", exp["no_spin"], bare))
-        if "naive_no_spin" in exp:
-            lines.append(_row("experiment: naive 1080p, ORT allow_spinning=0", exp["naive_no_spin"], bare))
-            lines.append(
-                _row("experiment: float network, ORT allow_spinning=0", exp["float_network_no_spin"], bare)
-            )
-        lines.append(
-            _row(
-                "experiment: in-process 1080p, allow_spinning=0, 4 threads",
-                exp["no_spin_4_threads"],
-                bare,
-                _hist(exp["no_spin_4_threads"]),
-            )
-        )
     lines.append("")
     for key, a in results["acceptance"].items():
         mark = "PASS" if a["pass"] else "FAIL"
         lines.append(f"- {key}: {a['value']} (target {a['target']}) {mark}")
-        if "with_spinning_off" in a:
-            lines.append(f"  - with ORT spinning off (experiment): {a['with_spinning_off']['value']}")
         if a.get("same_process_server") is not None:
             lines.append(
                 f"  - server in the bench process (same pipeline object): {a['same_process_server']}"

@@ -77,6 +77,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         lr=args.lr,
         loss=args.loss,
         class_weight_power=args.class_weight_power,
+        val_every=args.val_every,
         seed=args.seed,
         threads=args.threads,
         model=model,
@@ -149,6 +150,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=0.5,
         help="class weights = (median freq / freq) ** POWER; 0 = unweighted",
     )
+    tr.add_argument("--val-every", type=int, default=2, help="epochs between val mIoU checks")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--threads", type=int, default=2)
     tr.add_argument("--model-config", help="JSON overrides of ModelConfig widths")
