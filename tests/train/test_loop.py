@@ -18,7 +18,7 @@ def _cfg(camvid: Path, tmp_path: Path, steps: int) -> TrainConfig:
         name="tiny",
         max_steps=steps,
         batch=3,
-        crop=(176, 240),
+        crop=(144, 192),
         scale=(0.5, 0.5),
         lr=1e-2,
         warmup_steps=2,
@@ -28,17 +28,17 @@ def _cfg(camvid: Path, tmp_path: Path, steps: int) -> TrainConfig:
 
 
 def test_tiny_training_run_learns_and_resumes(camvid: Path, tmp_path: Path) -> None:
-    trainer = Trainer(_cfg(camvid, tmp_path, 24), quiet=True)
+    trainer = Trainer(_cfg(camvid, tmp_path, 16), quiet=True)
     losses = [trainer.train_step(np.arange(3)) for _ in range(12)]
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
     trainer.run()
     out = tmp_path / "tiny"
     assert (out / "last.pt").is_file() and (out / "best.pt").is_file()
-    assert trainer.step == 24 and "val_miou" in trainer.history[-1]
-    resumed = Trainer(_cfg(camvid, tmp_path, 26), resume=True, quiet=True)
-    assert resumed.step == 24
+    assert trainer.step == 16 and "val_miou" in trainer.history[-1]
+    resumed = Trainer(_cfg(camvid, tmp_path, 18), resume=True, quiet=True)
+    assert resumed.step == 16
     resumed.run()
-    assert resumed.step == 26
+    assert resumed.step == 18
 
 
 def test_weighted_losses_ignore_background() -> None:
