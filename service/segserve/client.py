@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import cv2
@@ -250,16 +250,7 @@ class SegmenterClient:
     @staticmethod
     def result(response: pb.SegmentResponse, frame_size: tuple[int, int] | None = None) -> SegmentResult:
         t = response.timing
-        timing = Timing(
-            t.decode_us,
-            t.queue_us,
-            t.preprocess_us,
-            t.inference_us,
-            t.postprocess_us,
-            t.encode_us,
-            t.total_us,
-            t.batch_size,
-        )
+        timing = Timing(**{f.name: getattr(t, f.name) for f in fields(Timing)})
         error = (
             FrameError(_status_code(response.error.code), response.error.message)
             if response.HasField("error")
