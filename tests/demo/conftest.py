@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # demo_support
 
-from demo_support import write_video
+from demo_support import LONG_CLIP_FRAMES, write_video
 from frames import street_frame
 
 
@@ -21,7 +21,7 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def long_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_video(tmp_path_factory.mktemp("clip") / "long.mp4", 150)
+    return write_video(tmp_path_factory.mktemp("clip") / "long.mp4", LONG_CLIP_FRAMES)
 
 
 @pytest.fixture(scope="session")

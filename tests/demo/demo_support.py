@@ -11,6 +11,8 @@ import cv2
 from frames import street_frame
 
 SRC = str(Path(__file__).resolve().parents[2] / "service")
+# 30 s at 25 fps: the Ctrl-C tests interrupt it after ~1.5 s, with room to spare on a loaded machine
+LONG_CLIP_FRAMES = 750
 
 
 def write_video(path: Path, frames: int, size: tuple[int, int] = (320, 180), fps: float = 25.0) -> Path:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import cv2
-from demo_support import SRC, segserve
+from demo_support import LONG_CLIP_FRAMES, SRC, segserve
 from segserve.cli import main
 
 
@@ -133,13 +133,13 @@ def test_ctrl_c_still_writes_the_report(target: str, long_clip: Path, tmp_path: 
     deadline = time.monotonic() + 30
     while "streaming" not in (process.stdout.readline() or "streaming") and time.monotonic() < deadline:
         pass
-    time.sleep(1.5)  # about 35 of the 150 frames at 25 fps
+    time.sleep(1.5)  # about 35 frames at 25 fps
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
     assert "Traceback" not in err
     rows = _rows(csv_path)
-    assert 0 < len(rows) < 150
+    assert 0 < len(rows) < LONG_CLIP_FRAMES
     assert _video_frames(tmp_path / "demo.mp4") == len(rows)
     assert _is_png(tmp_path / "demo_latency.png")
     assert json.loads((tmp_path / "demo_summary.json").read_text())["interrupted"] is True
@@ -211,4 +211,4 @@ def test_ctrl_c_in_a_terminal_during_make_demo(toy_model: Path, long_clip: Path,
     assert process.returncode == 0, err
     assert "Traceback" not in err and "error" not in err
     assert "server stopped" in out
-    assert 0 < len(_rows(tmp_path / "demo_frames.csv")) < 150
+    assert 0 < len(_rows(tmp_path / "demo_frames.csv")) < LONG_CLIP_FRAMES
