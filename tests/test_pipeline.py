@@ -56,3 +56,23 @@ def test_errors_are_typed(pipeline):
         OutputOptions(overlay_alpha=2.0)
     with pytest.raises(InvalidOptions, match="jpeg_quality"):
         OutputOptions(jpeg_quality=0)
+
+
+def test_mask_and_overlay_made_together_equal_each_made_alone(pipeline):
+    """Both wanted: the overlay is made on the output pool beside the mask; the bytes are the same.
+    (Raw frames: a JPEG without an overlay is decoded at a reduced DCT scale, so its mask may differ.)"""
+    pipe, _ = pipeline
+    raw = codec.RawFrame(480, 270, codec.PixelFormat.BGR, street_frame(480, 270, seed=3).tobytes())
+    mask_only = OutputOptions(mask=MaskFormat.PNG, coverage=True)
+    overlay_only = OutputOptions(mask=MaskFormat.NONE, overlay=OverlayFormat.JPEG, overlay_alpha=0.4)
+    both = OutputOptions(mask=MaskFormat.PNG, overlay=OverlayFormat.JPEG, overlay_alpha=0.4, coverage=True)
+    alone_mask = pipe.process(FrameRequest("m", raw=raw, options=mask_only))
+    alone_overlay = pipe.process(FrameRequest("o", raw=raw, options=overlay_only))
+    together = [pipe.process(FrameRequest(f"b{i}", raw=raw, options=both)) for i in range(3)]
+    for result in together:
+        assert result.mask.data == alone_mask.mask.data and result.coverage == alone_mask.coverage
+        assert result.overlay.data == alone_overlay.overlay.data
+        assert (result.overlay.width, result.overlay.height) == (480, 270)
+        t = result.timing
+        assert t.postprocess_us > 0 and t.encode_us > 0
+        assert t.total_us >= t.decode_us + t.postprocess_us + t.encode_us

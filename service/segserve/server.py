@@ -160,6 +160,7 @@ class Service:
     def close(self, timeout: float = 30.0) -> None:
         self.batcher.close(drain=True, timeout=timeout)
         self.pool.shutdown(wait=True)
+        self.pipeline.close()
 
 
 def _short(frame_id: str, limit: int = 128) -> str:
