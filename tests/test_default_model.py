@@ -10,7 +10,6 @@ import cv2
 import numpy as np
 import pytest
 from segserve.client import SegmenterClient
-from segserve.labels import LabelMap
 from segserve.server import RunningServer
 from servers import start_server
 
@@ -65,8 +64,7 @@ def test_native_size_masks_match_the_labels(client: SegmenterClient) -> None:
 
 
 def test_1080p_frames_are_resized_and_give_the_same_scene(client: SegmenterClient) -> None:
-    labels = LabelMap.load(MODEL.with_name("segserve-camvid.labels.json"))
-    ids = {c.name: c.id for c in labels.classes}
+    ids = {c.name: c.id for c in client.model_info().labels.classes}
     road_hits = road_total = car_hits = car_total = 0
     for name, image, truth in FRAMES:
         big = cv2.resize(image, (1920, 1080), interpolation=cv2.INTER_LINEAR)

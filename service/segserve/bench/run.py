@@ -122,7 +122,7 @@ def run(cfg: BenchConfig) -> dict:
 
     from segserve.bench.core import extract_float_core
     from segserve.demo.server_process import ServerProcess
-    from segserve.engine import EngineConfig
+    from segserve.engine import EngineConfig, session_options
     from segserve.server import ServerConfig, Service, create_server
 
     say = (lambda *a: None) if cfg.quiet else (lambda *a: print(*a, flush=True))
@@ -175,7 +175,9 @@ def run(cfg: BenchConfig) -> dict:
     try:
         core = extract_float_core(engine_model_proto(engine_config))
         core_session = ort.InferenceSession(
-            core.model.SerializeToString(), sess_options=_session_options(cfg), providers=engine.providers
+            core.model.SerializeToString(),
+            sess_options=session_options(cfg.intra_op_threads),
+            providers=engine.providers,
         )
         say("float network alone (batch 1) ...")
         layers["float_network"] = measure.float_core(
@@ -346,12 +348,6 @@ def engine_model_proto(engine_config):
     return prepare_model(
         engine_config.model, engine_config.mean, engine_config.std, engine_config.input_size
     ).model
-
-
-def _session_options(cfg: BenchConfig):
-    from segserve.engine import session_options
-
-    return session_options(cfg.intra_op_threads)
 
 
 def _p50(layer: dict | None) -> float | None:
