@@ -4,6 +4,7 @@ import pytest
 from frames import jpeg, png, street_frame
 from segserve import codec
 from segserve.errors import FrameTooLarge, InvalidFrame
+from segserve.types import PixelFormat, RawFrame
 
 FRAME = street_frame(320, 240)
 
@@ -18,7 +19,7 @@ def test_jpeg_and_png_decode_to_bgr_with_header_sizes():
 
 def test_raw_rgb_is_converted_to_bgr():
     rgb = FRAME[..., ::-1].copy()
-    raw = codec.RawFrame(320, 240, codec.PixelFormat.RGB, rgb.tobytes())
+    raw = RawFrame(320, 240, PixelFormat.RGB, rgb.tobytes())
     assert np.array_equal(codec.decode_raw(raw), FRAME)
 
 
@@ -38,16 +39,16 @@ def test_bad_encoded_frames_say_what_is_wrong(data, message):
 
 
 def test_raw_byte_count_must_match():
-    raw = codec.RawFrame(10, 10, codec.PixelFormat.BGR, b"\x00" * 299)
+    raw = RawFrame(10, 10, PixelFormat.BGR, b"\x00" * 299)
     with pytest.raises(InvalidFrame, match="299 bytes but 10x10x3 needs 300"):
         codec.decode_raw(raw)
 
 
 def test_zero_and_enormous_sizes():
     with pytest.raises(InvalidFrame, match="zero size"):
-        codec.decode_raw(codec.RawFrame(0, 10, codec.PixelFormat.BGR, b""))
+        codec.decode_raw(RawFrame(0, 10, PixelFormat.BGR, b""))
     with pytest.raises(FrameTooLarge, match="over the limit"):
-        codec.decode_raw(codec.RawFrame(100_000, 100_000, codec.PixelFormat.BGR, b""))
+        codec.decode_raw(RawFrame(100_000, 100_000, PixelFormat.BGR, b""))
 
 
 def test_decompression_bomb_is_refused_before_decoding():

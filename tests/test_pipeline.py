@@ -6,7 +6,8 @@ from segserve import codec
 from segserve.batcher import Batcher
 from segserve.engine import Engine, EngineConfig
 from segserve.errors import InvalidFrame, InvalidOptions
-from segserve.pipeline import FrameRequest, MaskFormat, MaskResolution, OutputOptions, OverlayFormat, Pipeline
+from segserve.pipeline import Pipeline
+from segserve.types import FrameRequest, MaskFormat, MaskResolution, OutputOptions, OverlayFormat, PixelFormat, RawFrame
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def test_full_resolution_outputs_match_the_engine(pipeline):
 
 def test_model_resolution_and_training_format(pipeline):
     pipe, _ = pipeline
-    raw = codec.RawFrame(200, 100, codec.PixelFormat.BGR, street_frame(200, 100).tobytes())
+    raw = RawFrame(200, 100, PixelFormat.BGR, street_frame(200, 100).tobytes())
     opts = OutputOptions(mask=MaskFormat.PNG_RGB, mask_resolution=MaskResolution.MODEL)
     result = pipe.process(FrameRequest("f2", raw=raw, options=opts))
     rgb = cv2.imdecode(np.frombuffer(result.mask.data, np.uint8), cv2.IMREAD_COLOR)
@@ -62,7 +63,7 @@ def test_mask_and_overlay_made_together_equal_each_made_alone(pipeline):
     """Both wanted: the overlay is made on the output pool beside the mask; the bytes are the same.
     (Raw frames: a JPEG without an overlay is decoded at a reduced DCT scale, so its mask may differ.)"""
     pipe, _ = pipeline
-    raw = codec.RawFrame(480, 270, codec.PixelFormat.BGR, street_frame(480, 270, seed=3).tobytes())
+    raw = RawFrame(480, 270, PixelFormat.BGR, street_frame(480, 270, seed=3).tobytes())
     mask_only = OutputOptions(mask=MaskFormat.PNG, coverage=True)
     overlay_only = OutputOptions(mask=MaskFormat.NONE, overlay=OverlayFormat.JPEG, overlay_alpha=0.4)
     both = OutputOptions(mask=MaskFormat.PNG, overlay=OverlayFormat.JPEG, overlay_alpha=0.4, coverage=True)

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from segserve.types import UNARY_LANE
 from segserve.errors import Cancelled, DeadlineExceeded, Overloaded, SegserveError, ShuttingDown
 
 log = logging.getLogger(__name__)
 
-UNARY_LANE = "unary"
 
 
 @dataclass(frozen=True)

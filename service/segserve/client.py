@@ -25,7 +25,7 @@ from segserve import codec
 from segserve._proto.segmentation.v1 import segmentation_pb2 as pb
 from segserve._proto.segmentation.v1 import segmentation_pb2_grpc as pb_grpc
 from segserve.labels import ClassInfo, LabelMap
-from segserve.pipeline import Timing
+from segserve.types import Timing
 
 Image = np.ndarray | bytes
 _OVERLAYS = {

@@ -8,22 +8,17 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from enum import Enum
 
 import cv2
 import numpy as np
 
 from segserve.errors import FrameTooLarge, InvalidFrame
+from segserve.types import PixelFormat, RawFrame
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Start-of-frame markers carry the image size; C4 (DHT), C8 (JPG) and CC (DAC) are not SOF.
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-
-
-class PixelFormat(Enum):
-    BGR = "bgr"
-    RGB = "rgb"
 
 
 @dataclass(frozen=True)
@@ -33,14 +28,7 @@ class Limits:
     max_frame_bytes: int = 64 * 1024 * 1024
     max_pixels: int = 8192 * 8192
     max_side: int = 16384
-
-
-@dataclass(frozen=True)
-class RawFrame:
-    width: int
-    height: int
-    format: PixelFormat
-    data: bytes
+    max_jpeg_scans: int = 64  # progressive JPEGs from cameras and encoders use about 10
 
 
 def _check_size(width: int, height: int, limits: Limits, what: str) -> None:

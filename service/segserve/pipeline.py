@@ -8,103 +8,27 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from enum import Enum
 
 import cv2
 import numpy as np
 
 from segserve import codec
-from segserve.batcher import UNARY_LANE, Batcher, BatchResult
-from segserve.errors import InvalidFrame, InvalidOptions
+from segserve.batcher import Batcher, BatchResult
+from segserve.errors import InvalidFrame
 from segserve.graph import ModelMetadata
 from segserve.labels import mask_to_training_rgb
-
-
-class MaskFormat(Enum):
-    NONE = "none"
-    RAW = "raw"
-    PNG = "png"
-    PNG_RGB = "png_rgb"  # the training format's (k,k,k) image
-
-
-class MaskResolution(Enum):
-    FRAME = "frame"
-    MODEL = "model"
-
-
-class OverlayFormat(Enum):
-    NONE = "none"
-    JPEG = "jpeg"
-    PNG = "png"
-
-
-@dataclass(frozen=True)
-class OutputOptions:
-    mask: MaskFormat = MaskFormat.PNG
-    mask_resolution: MaskResolution = MaskResolution.FRAME
-    overlay: OverlayFormat = OverlayFormat.NONE
-    overlay_alpha: float = 0.5
-    jpeg_quality: int = 85
-    coverage: bool = False
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.overlay_alpha <= 1.0:
-            raise InvalidOptions(f"overlay_alpha must be within 0..1, got {self.overlay_alpha}")
-        if not 1 <= self.jpeg_quality <= 100:
-            raise InvalidOptions(f"overlay_jpeg_quality must be within 1..100, got {self.jpeg_quality}")
-
-
-@dataclass
-class FrameRequest:
-    frame_id: str = ""
-    encoded: bytes | None = None
-    raw: codec.RawFrame | None = None
-    options: OutputOptions = field(default_factory=OutputOptions)
-    deadline: float | None = None  # time.monotonic() seconds
-    lane: Hashable = UNARY_LANE
-    is_cancelled: Callable[[], bool] | None = None
-    capture_time_us: int = 0
-
-
-@dataclass
-class Timing:
-    decode_us: int = 0
-    queue_us: int = 0
-    preprocess_us: int = 0
-    inference_us: int = 0
-    postprocess_us: int = 0
-    encode_us: int = 0
-    total_us: int = 0
-    batch_size: int = 0
-
-
-@dataclass(frozen=True)
-class EncodedImage:
-    width: int
-    height: int
-    format: MaskFormat | OverlayFormat
-    data: bytes
-
-
-@dataclass(frozen=True)
-class Coverage:
-    class_id: int
-    name: str
-    fraction: float
-
-
-@dataclass
-class FrameResult:
-    frame_id: str
-    model: str
-    timing: Timing
-    mask: EncodedImage | None = None
-    overlay: EncodedImage | None = None
-    coverage: list[Coverage] = field(default_factory=list)
-    capture_time_us: int = 0
+from segserve.types import (
+    Coverage,
+    EncodedImage,
+    FrameRequest,
+    FrameResult,
+    MaskFormat,
+    MaskResolution,
+    OutputOptions,
+    OverlayFormat,
+    Timing,
+)
 
 
 def _us(start: float, end: float) -> int:

@@ -10,13 +10,15 @@ from segserve import codec
 from segserve._proto.segmentation.v1 import segmentation_pb2 as pb
 from segserve.errors import InvalidFrame, InvalidOptions
 from segserve.graph import ModelMetadata
-from segserve.pipeline import (
+from segserve.types import (
     FrameRequest,
     FrameResult,
     MaskFormat,
     MaskResolution,
     OutputOptions,
     OverlayFormat,
+    PixelFormat,
+    RawFrame,
     Timing,
 )
 
@@ -42,7 +44,7 @@ OVERLAY_FORMATS = {
 OVERLAY_ENCODINGS = {
     fmt: code for code, fmt in OVERLAY_FORMATS.items() if code != pb.OVERLAY_ENCODING_UNSPECIFIED
 }
-PIXEL_FORMATS = {pb.PIXEL_FORMAT_BGR8: codec.PixelFormat.BGR, pb.PIXEL_FORMAT_RGB8: codec.PixelFormat.RGB}
+PIXEL_FORMATS = {pb.PIXEL_FORMAT_BGR8: PixelFormat.BGR, pb.PIXEL_FORMAT_RGB8: PixelFormat.RGB}
 STREAM_POLICIES = {
     pb.STREAM_POLICY_UNSPECIFIED: "queue",
     pb.STREAM_POLICY_QUEUE: "queue",
@@ -78,7 +80,7 @@ def request_from_proto(msg: pb.SegmentRequest) -> FrameRequest:
     raw = None
     if which == "raw":
         r = msg.raw
-        raw = codec.RawFrame(
+        raw = RawFrame(
             r.width, r.height, _enum(PIXEL_FORMATS, r.format, "raw.format", InvalidFrame), r.data
         )
     elif which is None:

@@ -57,6 +57,13 @@ class ServerConfig:
     token: str | None = None
     tls: TlsConfig | None = None
     metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"  # /metrics stays on loopback unless asked (0.0.0.0 in k8s)
+    max_metrics_connections: int = 16
+    metrics_idle_s: float = 10.0
+    stream_idle_s: float = 30.0  # a stream that sends nothing for this long is closed
+    max_frame_id_bytes: int = 256
+    max_buffered_bytes: int = 256 * 1024 * 1024  # requests and unwritten responses, all callers
+    max_stream_buffered_bytes: int = 32 * 1024 * 1024  # unwritten responses of one stream
     limits: Limits = field(default_factory=Limits)
 
 

@@ -17,7 +17,7 @@ from segserve.cli import main
 from segserve.codec import decode_mask_png
 from segserve.engine import Engine, EngineConfig
 from segserve.graph import prepare_model
-from segserve.pipeline import FrameRequest
+from segserve.types import FrameRequest
 
 
 @pytest.fixture(scope="module")

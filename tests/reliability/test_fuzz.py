@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from relutil import DOCUMENTED_FRAME_CODES, frame
 from segserve import codec, protocol
+from segserve.types import PixelFormat, RawFrame
 from segserve._proto.segmentation.v1 import segmentation_pb2 as pb
 from segserve._proto.segmentation.v1 import segmentation_pb2_grpc as pb_grpc
 from segserve.codec import Limits
@@ -133,7 +134,7 @@ def test_fuzz_decode_encoded(data, reduced, small):
 @given(
     width=st.one_of(st.integers(0, 70), st.integers(0, 2**32 - 1)),
     height=st.one_of(st.integers(0, 70), st.integers(0, 2**32 - 1)),
-    fmt=st.sampled_from(list(codec.PixelFormat)),
+    fmt=st.sampled_from(list(PixelFormat)),
     extra=st.one_of(st.just(0), st.integers(-10, 10)),
 )
 def test_fuzz_decode_raw(width, height, fmt, extra):
@@ -141,7 +142,7 @@ def test_fuzz_decode_raw(width, height, fmt, extra):
     size = width * height * 3 + extra if width * height <= 70 * 70 else extra % 64
     data = bytes(max(0, size))
     try:
-        image = codec.decode_raw(codec.RawFrame(width, height, fmt, data), SMALL_LIMITS)
+        image = codec.decode_raw(RawFrame(width, height, fmt, data), SMALL_LIMITS)
     except (InvalidFrame, FrameTooLarge):
         return
     _check_image(image)

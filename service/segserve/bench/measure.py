@@ -19,7 +19,8 @@ from segserve._proto.segmentation.v1 import segmentation_pb2 as pb
 from segserve._proto.segmentation.v1 import segmentation_pb2_grpc as pb_grpc
 from segserve.bench.stats import histogram, summary
 from segserve.graph import OUTPUT_NAME
-from segserve.pipeline import FrameRequest, MaskFormat, MaskResolution, OutputOptions, OverlayFormat, Pipeline
+from segserve.pipeline import Pipeline
+from segserve.types import FrameRequest, MaskFormat, MaskResolution, OutputOptions, OverlayFormat
 
 # The workload every service layer runs: full-resolution PNG mask and JPEG overlay out.
 OPTIONS = OutputOptions(

@@ -298,7 +298,7 @@ def _sequential_layers(
     import grpc
 
     from segserve._proto.segmentation.v1 import segmentation_pb2_grpc as pb_grpc
-    from segserve.pipeline import FrameRequest
+    from segserve.types import FrameRequest
 
     timings, naive_stages, server_total, sizes, server_timings = [], [], [], [], []
     reqs = measure.requests(jpegs, len(jpegs))

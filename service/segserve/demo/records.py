@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segserve.pipeline import Timing
+from segserve.types import Timing
 
 
 @dataclass
