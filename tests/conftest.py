@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # modelgen, frames, servers for every test folder
 
 from modelgen import served_model_file
-from segserve.server import RunningServer
+from segserve.edge.server import RunningServer
 from servers import MODEL_HW, start_server
 
 

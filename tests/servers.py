@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from segserve.engine import EngineConfig
-from segserve.server import RunningServer, ServerConfig, Service, create_server
+from segserve.edge.server import RunningServer, ServerConfig, create_server
+from segserve.engine import Engine, EngineConfig
 
 MODEL_HW = (96, 128)
 
@@ -14,4 +14,6 @@ def start_server(model: Path, **config) -> RunningServer:
     """A server on a free loopback port (``port=0``) over ``model``; ``config``: ServerConfig fields."""
     config.setdefault("host", "127.0.0.1")
     config.setdefault("port", 0)
-    return create_server(Service.from_model(EngineConfig(model, intra_op_threads=1), ServerConfig(**config)))
+    engine = Engine(EngineConfig(model, intra_op_threads=1))
+    engine.warm_up()
+    return create_server(engine, ServerConfig(**config))

@@ -1,3 +1,5 @@
+import zlib
+
 import cv2
 import numpy as np
 import pytest
@@ -54,6 +56,7 @@ def test_zero_and_enormous_sizes():
 def test_decompression_bomb_is_refused_before_decoding():
     data = bytearray(png(FRAME))
     data[16:24] = (60000).to_bytes(4, "big") + (60000).to_bytes(4, "big")  # IHDR claims 60000x60000
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")  # a valid chunk: only the size lies
     with pytest.raises(FrameTooLarge):
         codec.decode_encoded(bytes(data))
 
@@ -70,12 +73,12 @@ def test_mask_png_round_trip():
     assert np.array_equal(codec.decode_mask_png(codec.encode_mask_png(rgb)), mask)
 
 
-def test_jpeg_is_decoded_at_the_smallest_dct_scale_that_covers_the_model():
+def test_jpeg_is_decoded_at_the_smallest_n_8_dct_scale_that_covers_the_model():
     data = jpeg(street_frame(1920, 1080))
-    assert codec.decode_encoded(data, at_least=(480, 360)).shape == (540, 960, 3)  # 1/4 would be 270 high
+    assert codec.decode_encoded(data, at_least=(480, 360)).shape == (405, 720, 3)  # 3/8; 2/8 is 270 high
     assert codec.decode_encoded(data, at_least=(200, 100)).shape == (135, 240, 3)  # 1/8
     assert codec.decode_encoded(data, at_least=(1920, 1080)).shape == (1080, 1920, 3)
     assert codec.encoded_size(data) == (1920, 1080)
     reduced = codec.decode_encoded(data, at_least=(480, 360)).astype(int)
-    full = cv2.resize(codec.decode_encoded(data), (960, 540), interpolation=cv2.INTER_AREA).astype(int)
+    full = cv2.resize(codec.decode_encoded(data), (720, 405), interpolation=cv2.INTER_AREA).astype(int)
     assert np.abs(reduced - full).mean() < 3  # the same picture, area-like downscale

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 from segserve.client import SegmenterClient
-from segserve.server import RunningServer
+from segserve.edge.server import RunningServer
 from servers import start_server
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -77,7 +77,7 @@ def test_stream_of_100_in_order_with_one_corrupt_frame(stub):
         responses[50].HasField("error")
         and responses[50].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     )
-    assert "truncated JPEG" in responses[50].error.message
+    assert "truncated or corrupt JPEG" in responses[50].error.message
     ok = [r for i, r in enumerate(responses) if i != 50]
     assert all(not r.HasField("error") and len(r.mask.data) == 640 * 360 for r in ok)
 

@@ -1,44 +1,112 @@
-"""Admission control: a counter of frames in flight with try/blocking acquire that a shutdown or a
-cancelled caller can interrupt."""
+"""The one admission point: frames and bytes in flight, all callers together.
+
+Every frame holds a ``Ticket`` from the moment it is admitted until its work is really over: a
+caller that leaves does not free the slot while a decode it started is still running on a pool
+thread (``Ticket.release_after``). Answers waiting to be written hold their bytes too
+(``hold_bytes``), so callers that never read cannot grow the server's memory past ``max_bytes``.
+Plain asyncio: one event loop owns it, waiters are woken in order, nothing polls.
+"""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
+import asyncio
+import concurrent.futures
+from collections import deque
+from dataclasses import dataclass, field
+
+from segserve.errors import Overloaded
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One admitted frame's share: a frame slot and ``nbytes``. ``release`` is idempotent."""
+
+    admission: Admission
+    nbytes: int
+    frames: int = 1
+    released: bool = field(default=False)
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.admission._give_back(self.frames, self.nbytes)
+
+    def release_after(self, work: concurrent.futures.Future) -> None:
+        """Release when ``work`` (a pool job the caller no longer waits for) has finished."""
+        if work.done():
+            self.release()
+            return
+        loop = self.admission.loop
+        work.add_done_callback(lambda _: loop.call_soon_threadsafe(self.release))
 
 
 class Admission:
-    def __init__(self, limit: int):
-        if limit < 1:
-            raise ValueError("admission limit must be at least 1")
-        self.limit = limit
-        self._used = 0
-        self._cond = threading.Condition()
+    def __init__(self, max_frames: int, max_bytes: int):
+        if max_frames < 1 or max_bytes < 1:
+            raise ValueError("admission limits must be at least 1")
+        self.max_frames = max_frames
+        self.max_bytes = max_bytes
+        self.frames = 0
+        self.bytes = 0
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self.loop = asyncio.get_running_loop()
 
-    @property
-    def in_use(self) -> int:
-        return self._used
+    def _fits(self, nbytes: int) -> bool:
+        # A frame larger than the whole byte budget still runs when nothing else is held (it passed
+        # the frame-size limit), so the budget can never deadlock a lone caller.
+        return self.frames < self.max_frames and (self.bytes + nbytes <= self.max_bytes or self.bytes == 0)
 
-    def try_acquire(self) -> bool:
-        with self._cond:
-            if self._used >= self.limit:
-                return False
-            self._used += 1
-            return True
+    def try_admit(self, nbytes: int) -> Ticket:
+        """A ticket at once, or ``Overloaded`` (unary calls: the caller retries with backoff)."""
+        if self._waiters or not self._fits(nbytes):
+            raise Overloaded(
+                f"server busy: {self.frames} frames / {self.bytes >> 20} MiB in flight "
+                f"(limits {self.max_frames} / {self.max_bytes >> 20} MiB); retry with backoff"
+            )
+        return self._take(nbytes)
 
-    def acquire(self, give_up: Callable[[], bool], poll_s: float = 0.05) -> bool:
-        """Wait for a slot; False when ``give_up()`` turns true first (checked every ``poll_s``)."""
-        with self._cond:
-            while self._used >= self.limit:
-                if give_up():
-                    return False
-                self._cond.wait(poll_s)
-            self._used += 1
-            return True
+    async def admit(self, nbytes: int) -> Ticket:
+        """Wait in order for room (streams: the client feels HTTP/2 flow control meanwhile)."""
+        if not self._waiters and self._fits(nbytes):
+            return self._take(nbytes)
+        waiter: asyncio.Future[None] = self.loop.create_future()
+        entry = (nbytes, waiter)
+        self._waiters.append(entry)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._give_back(1, nbytes)  # granted just as the caller left
+            else:
+                self._waiters.remove(entry)
+                self._wake()
+            raise
+        return Ticket(self, nbytes)
 
-    def release(self) -> None:
-        with self._cond:
-            if self._used <= 0:
-                raise RuntimeError("admission released more often than acquired")
-            self._used -= 1
-            self._cond.notify()
+    def hold_bytes(self, nbytes: int) -> Ticket:
+        """Account bytes already in memory (an answer waiting to be written); never refused."""
+        self.bytes += nbytes
+        return Ticket(self, nbytes, frames=0)
+
+    def _take(self, nbytes: int) -> Ticket:
+        self.frames += 1
+        self.bytes += nbytes
+        return Ticket(self, nbytes)
+
+    def _give_back(self, frames: int, nbytes: int) -> None:
+        self.frames -= frames
+        self.bytes -= nbytes
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            nbytes, waiter = self._waiters[0]
+            if waiter.done():
+                self._waiters.popleft()
+                continue
+            if not self._fits(nbytes):
+                return
+            self._waiters.popleft()
+            self.frames += 1
+            self.bytes += nbytes
+            waiter.set_result(None)

@@ -1,30 +1,32 @@
-"""Dynamic batching shared by all callers.
+"""Dynamic batching shared by all callers, as one supervised asyncio task.
 
-Items wait in a bounded queue, one lane per source (a stream, or the pool of unary calls); a single
+Items wait in a bounded queue, one lane per source (a stream, or the pool of unary calls); the
 worker forms batches of up to ``max_batch`` frames, waiting at most ``max_delay`` after the first
 frame arrives, but only while frames are still being decoded upstream (``announce``), so a lone
 frame never waits for company that is not coming. Lanes are taken round-robin so one greedy stream
-cannot starve the others. Items whose deadline passed or whose caller went away are answered with
-an error and never run.
+cannot starve the others. Items whose deadline passed or whose caller left are never run. The
+engine runs on an executor of its own (ONNX Runtime releases the GIL).
+
+Supervised: if the worker itself fails, ``failure`` is set, every waiting caller gets UNAVAILABLE
+at once, new submissions too, and ``on_failure`` is told (the server turns health NOT_SERVING).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
-from concurrent.futures import Future
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from segserve.errors import DeadlineExceeded, Overloaded, SegserveError, ShuttingDown, Unavailable
 from segserve.types import UNARY_LANE
-from segserve.errors import Cancelled, DeadlineExceeded, Overloaded, SegserveError, ShuttingDown
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True)
@@ -38,14 +40,13 @@ class BatchResult:
     batch_size: int
 
 
-@dataclass
+@dataclass(eq=False)
 class _Item:
     frame: np.ndarray
     lane: Hashable
     deadline: float | None  # time.monotonic() seconds
-    is_cancelled: Callable[[], bool] | None
+    future: asyncio.Future[BatchResult]
     enqueued: float = field(default_factory=time.perf_counter)
-    future: Future = field(default_factory=Future)
 
 
 @dataclass
@@ -57,29 +58,38 @@ class BatcherStats:
 
 
 class Batcher:
+    """Create inside the event loop that will use it; ``start`` launches the worker."""
+
     def __init__(
         self,
         run: Callable[[np.ndarray], np.ndarray],
+        executor: Executor,
         max_batch: int = 8,
         max_delay_s: float = 0.002,
         max_queue: int = 64,
         on_batch: Callable[[int], None] | None = None,
+        on_failure: Callable[[BaseException], None] | None = None,
     ):
         if max_batch < 1 or max_queue < 1:
             raise ValueError("max_batch and max_queue must be at least 1")
         self._run = run
+        self._executor = executor
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
         self._on_batch = on_batch
+        self._on_failure = on_failure
         self._lanes: OrderedDict[Hashable, deque[_Item]] = OrderedDict()
         self._size = 0
         self._announced = 0  # frames being decoded/resized that will be submitted soon
-        self._cond = threading.Condition()
+        self._changed = asyncio.Event()
         self._closed = False
+        self.failure: BaseException | None = None
         self.stats = BatcherStats()
-        self._worker = threading.Thread(target=self._loop, name="segserve-batcher", daemon=True)
-        self._worker.start()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._supervise(), name="segserve-batcher")
 
     # --- producer side ---------------------------------------------------------------------------
     @property
@@ -88,114 +98,122 @@ class Batcher:
 
     def announce(self) -> None:
         """A frame is on its way (decoding); the worker may wait for it to fill a batch."""
-        with self._cond:
-            self._announced += 1
+        self._announced += 1
 
     def withdraw(self) -> None:
-        """An announced frame will not come (it failed to decode)."""
-        with self._cond:
-            self._announced -= 1
-            self._cond.notify_all()
+        """An announced frame will not come (it failed to decode, or its caller left)."""
+        self._announced -= 1
+        self._changed.set()
 
-    def submit(
+    def _refusal(self) -> SegserveError | None:
+        if self.failure is not None:
+            return Unavailable("the inference worker failed; this replica is not serving")
+        if self._closed:
+            return ShuttingDown("the server is shutting down")
+        if self._size >= self.max_queue:
+            return Overloaded(f"server busy: {self._size} frames queued (limit {self.max_queue}); retry later")
+        return None
+
+    async def infer(
         self,
         frame: np.ndarray,
         lane: Hashable = UNARY_LANE,
         deadline: float | None = None,
-        is_cancelled: Callable[[], bool] | None = None,
-        wait_s: float = 0.0,
         announced: bool = False,
-    ) -> Future:
-        """Queue one (H, W, 3) frame; the future resolves to a BatchResult or a SegserveError.
+    ) -> BatchResult:
+        """Queue one frame and wait for its share of a batch. Raises a SegserveError."""
+        if announced:
+            self._announced -= 1
+        refusal = self._refusal()
+        if refusal is not None:
+            self._changed.set()
+            raise refusal
+        item = _Item(frame, lane, deadline, asyncio.get_running_loop().create_future())
+        self._lanes.setdefault(lane, deque()).append(item)
+        self._size += 1
+        self._changed.set()
+        return await item.future  # cancelling it (caller left) makes the worker skip the item
 
-        Raises Overloaded at once when the queue is full (after waiting up to ``wait_s`` for room),
-        and ShuttingDown after ``close``.
-        """
-        item = _Item(frame, lane, deadline, is_cancelled)
-        end = time.monotonic() + wait_s
-        with self._cond:
-            if announced:
-                self._announced -= 1
-            while True:
-                if self._closed:
-                    raise ShuttingDown("the server is shutting down")
-                if self._size < self.max_queue:
-                    break
-                remaining = end - time.monotonic()
-                if remaining <= 0:
-                    raise Overloaded(
-                        f"server busy: {self._size} frames queued (limit {self.max_queue}); retry later"
-                    )
-                self._cond.wait(remaining)
-            self._lanes.setdefault(lane, deque()).append(item)
-            self._size += 1
-            self._cond.notify_all()
-        return item.future
-
-    def close(self, drain: bool = True, timeout: float | None = None) -> None:
+    async def close(self, drain: bool = True) -> None:
         """Stop accepting; with ``drain`` run what is queued, else fail it with ShuttingDown."""
-        with self._cond:
-            self._closed = True
-            if not drain:
-                for lane in self._lanes.values():
-                    for item in lane:
-                        if item.future.set_running_or_notify_cancel():
-                            item.future.set_exception(
-                                ShuttingDown("the server shut down before this frame ran")
-                            )
-                self._lanes.clear()
-                self._size = 0
-            self._cond.notify_all()
-        self._worker.join(timeout)
+        self._closed = True
+        if not drain:
+            self._fail_waiting(ShuttingDown("the server shut down before this frame ran"))
+        self._changed.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
 
     # --- worker side -----------------------------------------------------------------------------
+    async def _supervise(self) -> None:
+        try:
+            await self._loop()
+        except asyncio.CancelledError:
+            self._fail_waiting(ShuttingDown("the server shut down before this frame ran"))
+            raise
+        except BaseException as exc:
+            log.exception("the batcher failed: this replica stops serving")
+            self.failure = exc
+            self._fail_waiting(Unavailable("the inference worker failed; this replica is not serving"))
+            if self._on_failure is not None:
+                self._on_failure(exc)
+
+    def _fail_waiting(self, error: SegserveError) -> None:
+        for lane in self._lanes.values():
+            for item in lane:
+                if not item.future.done():
+                    item.future.set_exception(error)
+        self._lanes.clear()
+        self._size = 0
+
+    async def _wait_change(self, timeout: float | None = None) -> None:
+        self._changed.clear()
+        if timeout is None:
+            await self._changed.wait()
+            return
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _gather(self) -> list[_Item] | None:
+        while not self._size:
+            if self._closed:
+                return None
+            await self._wait_change()
+        first_wait_end = time.perf_counter() + self.max_delay_s
+        while self._size < self.max_batch and self._announced > 0 and not self._closed:
+            remaining = first_wait_end - time.perf_counter()
+            if remaining <= 0:
+                break
+            await self._wait_change(remaining)
+        return self._take_round_robin(self.max_batch)
+
     def _take_round_robin(self, limit: int) -> list[_Item]:
         """Up to ``limit`` items, one lane at a time in turn, all of the first item's shape (frames of
         other sizes, possible when the graph resizes, wait for the next batch)."""
         taken: list[_Item] = []
         shape = None
-        skipped: list[Hashable] = []
-        while len(taken) < limit and self._lanes:
+        skipped = 0
+        while len(taken) < limit and self._lanes and skipped < len(self._lanes):
             lane, queue = next(iter(self._lanes.items()))
             self._lanes.pop(lane)
             if shape is None:
                 shape = queue[0].frame.shape
             if queue[0].frame.shape == shape:
                 taken.append(queue.popleft())
-                if queue:
-                    self._lanes[lane] = queue  # to the back of the round
             else:
-                skipped.append(lane)
-                self._lanes[lane] = queue
-                if len(skipped) >= len(self._lanes):
-                    break
+                skipped += 1
+            if queue:
+                self._lanes[lane] = queue  # to the back of the round
         self._size -= len(taken)
-        self._cond.notify_all()
         return taken
-
-    def _gather(self) -> list[_Item] | None:
-        with self._cond:
-            while not self._size:
-                if self._closed:
-                    return None
-                self._cond.wait()
-            first_wait_end = time.perf_counter() + self.max_delay_s
-            while self._size < self.max_batch and self._announced > 0 and not self._closed:
-                remaining = first_wait_end - time.perf_counter()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-            return self._take_round_robin(self.max_batch)
 
     def _live(self, items: list[_Item]) -> list[_Item]:
         now = time.monotonic()
         live = []
         for item in items:
-            if not item.future.set_running_or_notify_cancel():
-                continue  # the caller cancelled the future itself
-            if item.is_cancelled is not None and item.is_cancelled():
+            if item.future.done():  # the caller left (its await was cancelled)
                 self.stats.cancelled += 1
-                item.future.set_exception(Cancelled("the caller went away before the frame ran"))
             elif item.deadline is not None and now >= item.deadline:
                 self.stats.expired += 1
                 item.future.set_exception(DeadlineExceeded("the deadline passed while the frame was queued"))
@@ -203,42 +221,52 @@ class Batcher:
                 live.append(item)
         return live
 
-    def _loop(self) -> None:
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            items = self._gather()
+            items = await self._gather()
             if items is None:
                 return
             items = self._live(items)
-            if items:
-                self._run_batch(items)
-
-    def _run_batch(self, items: list[_Item]) -> None:
-        start = time.perf_counter()
-        try:
-            batch = np.stack([item.frame for item in items])
-            stacked = time.perf_counter()
-            labels = self._run(batch)
-        except SegserveError as exc:
-            for item in items:
-                item.future.set_exception(exc)
-            return
-        except Exception as exc:  # the engine failed: every caller hears about it, the worker lives on
-            log.exception("batch of %d failed", len(items))
-            for item in items:
-                item.future.set_exception(exc)
-            return
-        done = time.perf_counter()
-        self.stats.batches += 1
-        self.stats.frames += len(items)
-        if self._on_batch is not None:
-            self._on_batch(len(items))
-        for i, item in enumerate(items):
-            item.future.set_result(
-                BatchResult(
-                    labels=labels[i],
-                    queue_us=int((start - item.enqueued) * 1e6),
-                    stack_us=int((stacked - start) * 1e6),
-                    inference_us=int((done - stacked) * 1e6),
-                    batch_size=len(items),
+            if not items:
+                continue
+            start = time.perf_counter()
+            try:
+                labels, stacked, done = await loop.run_in_executor(
+                    self._executor, self._run_batch, [item.frame for item in items]
                 )
-            )
+            except SegserveError as exc:
+                self._settle(items, exc)
+                continue
+            except Exception as exc:  # the engine failed on this batch: its callers hear it, we go on
+                log.exception("batch of %d failed", len(items))
+                self._settle(items, exc)
+                continue
+            self.stats.batches += 1
+            self.stats.frames += len(items)
+            if self._on_batch is not None:
+                self._on_batch(len(items))
+            for i, item in enumerate(items):
+                if not item.future.done():
+                    item.future.set_result(
+                        BatchResult(
+                            labels=labels[i],
+                            queue_us=int((start - item.enqueued) * 1e6),
+                            stack_us=int((stacked - start) * 1e6),
+                            inference_us=int((done - stacked) * 1e6),
+                            batch_size=len(items),
+                        )
+                    )
+
+    @staticmethod
+    def _settle(items: list[_Item], exc: BaseException) -> None:
+        for item in items:
+            if not item.future.done():
+                item.future.set_exception(exc)
+
+    def _run_batch(self, frames: list[np.ndarray]) -> tuple[np.ndarray, float, float]:
+        """On the engine's thread: stack, run; returns (labels, stacked time, done time)."""
+        batch = np.stack(frames)
+        stacked = time.perf_counter()
+        labels = self._run(batch)
+        return labels, stacked, time.perf_counter()

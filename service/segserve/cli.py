@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import logging
-import signal
+import os
 import sys
-import threading
 from pathlib import Path
 
 from segserve import config as cfg
@@ -100,9 +100,9 @@ def _token(args: argparse.Namespace) -> str | None:
 
 def _serve(args: argparse.Namespace) -> int:
     from segserve.codec import Limits
-    from segserve.engine import EngineConfig
+    from segserve.edge.server import ServerConfig, TlsConfig, serve_until_signalled
+    from segserve.engine import Engine, EngineConfig
     from segserve.errors import ModelError
-    from segserve.server import ServerConfig, Service, TlsConfig, create_server
 
     logs.setup(args.log_level, args.log_format)
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -144,18 +144,22 @@ def _serve(args: argparse.Namespace) -> int:
         trt_cache_dir=Path(args.trt_cache_dir) if args.trt_cache_dir else None,
     )
     try:
-        service = Service.from_model(engine_config, server_config)
-        running = create_server(service)
+        engine = Engine(engine_config)
+        engine.warm_up()
+        asyncio.run(
+            serve_until_signalled(
+                engine,
+                server_config,
+                lambda server: print(f"segserve listening on {args.host}:{server.port}", flush=True),
+            )
+        )
     except (ModelError, OSError) as exc:
         log.error("%s", exc)
         return 1
-    print(f"segserve listening on {args.host}:{running.port}", flush=True)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    running.drain_and_stop()
-    return 0
+    # Pool threads may still run work whose callers are gone: exit now, so the grace period is true.
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(0)
 
 
 def _add_connection(p: argparse.ArgumentParser, token: bool = True) -> None:

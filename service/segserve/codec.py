@@ -1,4 +1,4 @@
-"""Frame decoding (JPEG, PNG, raw BGR/RGB) with size limits, and mask/overlay encoding.
+"""Frame decoding (JPEG, PNG, raw BGR/RGB) with size and work limits, and mask/overlay encoding.
 
 Knows nothing about models. Every failure is an ``InvalidFrame`` or ``FrameTooLarge`` whose message
 says what was wrong, so callers can fix their input.
@@ -6,19 +6,22 @@ says what was wrong, so callers can fix their input.
 
 from __future__ import annotations
 
-import struct
+import io
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import PIL.Image
+import simplejpeg
 
 from segserve.errors import FrameTooLarge, InvalidFrame
 from segserve.types import PixelFormat, RawFrame
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-# Start-of-frame markers carry the image size; C4 (DHT), C8 (JPG) and CC (DAC) are not SOF.
-_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+# A start-of-scan marker: entropy-coded data stuffs every 0xFF with 0x00 (or a restart marker), so
+# the count of these two bytes is an upper bound on the scans libjpeg will decode.
+_JPEG_SOS = b"\xff\xda"
 
 
 @dataclass(frozen=True)
@@ -42,52 +45,40 @@ def _check_size(width: int, height: int, limits: Limits, what: str) -> None:
 
 
 def jpeg_size(data: bytes) -> tuple[int, int]:
-    """(width, height) from a JPEG's start-of-frame marker, without decoding."""
-    i, n = 2, len(data)
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            raise InvalidFrame(f"corrupt JPEG: expected a marker at byte {i}")
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
-            i += 2
-            continue
-        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
-        if marker in _JPEG_SOF:
-            if i + 9 > n:
-                break
-            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
-            return width, height
-        if length < 2:
-            raise InvalidFrame(f"corrupt JPEG: segment length {length} at byte {i}")
-        i += 2 + length
-    raise InvalidFrame("truncated or corrupt JPEG: no start-of-frame header with the image size")
-
-
-def png_size(data: bytes) -> tuple[int, int]:
-    """(width, height) from a PNG's IHDR chunk, without decoding."""
-    if len(data) < 24 or data[12:16] != b"IHDR":
-        raise InvalidFrame("truncated or corrupt PNG: no IHDR header")
-    width, height = struct.unpack(">II", data[16:24])
+    """(width, height) as libjpeg-turbo itself reads the header (the decoder that will decode it)."""
+    try:
+        height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError as exc:
+        raise InvalidFrame(f"truncated or corrupt JPEG header: {exc}") from None
     return width, height
 
 
-_REDUCED_FLAGS = (
-    (8, cv2.IMREAD_REDUCED_COLOR_8),
-    (4, cv2.IMREAD_REDUCED_COLOR_4),
-    (2, cv2.IMREAD_REDUCED_COLOR_2),
-)
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) as Pillow's PNG decoder reads the header, without decoding pixels."""
+    with _open_png(data) as image:
+        return image.size
 
 
-def _reduced_flag(width: int, height: int, at_least: tuple[int, int] | None) -> tuple[int, int]:
-    """The largest JPEG DCT scale-down (1/2, 1/4, 1/8) that keeps the frame at least ``at_least``."""
-    if at_least is not None:
-        for factor, flag in _REDUCED_FLAGS:
-            if width // factor >= at_least[0] and height // factor >= at_least[1]:
-                return factor, flag
-    return 1, cv2.IMREAD_COLOR
+def _open_png(data: bytes) -> PIL.Image.Image:
+    try:
+        return PIL.Image.open(io.BytesIO(data), formats=["PNG"])
+    except PIL.Image.DecompressionBombError as exc:
+        raise FrameTooLarge(f"PNG is too large: {exc}") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise InvalidFrame(f"truncated or corrupt PNG header: {exc}") from None
+
+
+def encoded_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of a JPEG or PNG from its header, read by the library that decodes it."""
+    if data.startswith(PNG_MAGIC):
+        return png_size(data)
+    if data.startswith(JPEG_MAGIC):
+        return jpeg_size(data)
+    raise InvalidFrame(_not_an_image(data))
+
+
+def _not_an_image(data: bytes) -> str:
+    return f"frame is neither JPEG nor PNG ({len(data)} bytes); send raw pixels as `raw`"
 
 
 def decode_encoded(
@@ -95,39 +86,50 @@ def decode_encoded(
 ) -> np.ndarray:
     """JPEG or PNG bytes -> BGR uint8 (H, W, 3). Sizes are checked before any pixel is decoded.
 
-    With ``at_least`` (width, height), a JPEG is decoded at the smallest 1/2, 1/4 or 1/8 scale that
-    is still at least that large: libjpeg scales in the DCT domain, several times faster than a full
-    decode and an area-like (alias-free) downscale. Use ``jpeg_size`` for the original size.
+    The size check and the decode are made by the same library (libjpeg-turbo through simplejpeg,
+    libpng through Pillow), so no header trick can make them disagree. With ``at_least`` (width,
+    height), a JPEG is decoded at the smallest n/8 DCT scale that still covers it: several times
+    faster than a full decode and alias-free. Use ``encoded_size`` for the original size.
     """
     if not data:
         raise InvalidFrame("empty frame: no image bytes")
     if len(data) > limits.max_frame_bytes:
         raise FrameTooLarge(f"frame is {len(data)} bytes, over the limit of {limits.max_frame_bytes}")
-    flag = cv2.IMREAD_COLOR
     if data.startswith(JPEG_MAGIC):
-        kind = "JPEG"
-        width, height = jpeg_size(data)
-        # libjpeg fills a cut-off JPEG with grey and only warns: insist on the end-of-image marker.
-        if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
-            raise InvalidFrame(f"truncated JPEG ({len(data)} bytes): no end-of-image marker")
-        _, flag = _reduced_flag(width, height, at_least)
-    elif data.startswith(PNG_MAGIC):
-        kind = "PNG"
-        width, height = png_size(data)
-    else:
+        return _decode_jpeg(data, limits, at_least)
+    if data.startswith(PNG_MAGIC):
+        return _decode_png(data, limits)
+    raise InvalidFrame(_not_an_image(data))
+
+
+def _decode_jpeg(data: bytes, limits: Limits, at_least: tuple[int, int] | None) -> np.ndarray:
+    width, height = jpeg_size(data)
+    _check_size(width, height, limits, "JPEG")
+    scans = data.count(_JPEG_SOS)
+    if scans > limits.max_jpeg_scans:
         raise InvalidFrame(
-            f"frame is neither JPEG nor PNG (starts with {data[:8].hex()}); send raw pixels as `raw`"
+            f"JPEG has {scans} scans, over the limit of {limits.max_jpeg_scans} (cameras write at most ~10)"
         )
-    _check_size(width, height, limits, kind)
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), flag | cv2.IMREAD_IGNORE_ORIENTATION)
-    if image is None or image.ndim != 3 or image.shape[2] != 3:
-        raise InvalidFrame(f"corrupt {kind} ({len(data)} bytes, {width}x{height}): the decoder rejected it")
+    min_w, min_h = at_least if at_least is not None else (0, 0)
+    try:
+        # strict: a cut-off or corrupt JPEG is an error, not a grey-filled frame
+        image = simplejpeg.decode_jpeg(data, "BGR", min_width=min_w, min_height=min_h, strict=True)
+    except ValueError as exc:
+        raise InvalidFrame(f"truncated or corrupt JPEG ({len(data)} bytes, {width}x{height}): {exc}") from None
     return image
 
 
-def encoded_size(data: bytes) -> tuple[int, int]:
-    """(width, height) of a JPEG or PNG from its header."""
-    return png_size(data) if data.startswith(PNG_MAGIC) else jpeg_size(data)
+def _decode_png(data: bytes, limits: Limits) -> np.ndarray:
+    with _open_png(data) as image:
+        width, height = image.size
+        _check_size(width, height, limits, "PNG")
+        try:
+            rgb = np.asarray(image.convert("RGB"))
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise InvalidFrame(f"corrupt PNG ({len(data)} bytes, {width}x{height}): {exc}") from None
+    if rgb.shape != (height, width, 3):
+        raise InvalidFrame(f"corrupt PNG: decoded {rgb.shape[1]}x{rgb.shape[0]}, header says {width}x{height}")
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
 
 
 def decode_raw(raw: RawFrame, limits: Limits = Limits()) -> np.ndarray:

@@ -56,3 +56,15 @@ class ModelError(SegserveError):
     """The model cannot be loaded or does not fit the served contract."""
 
     status = "FAILED_PRECONDITION"
+
+
+class Unavailable(SegserveError):
+    """This replica cannot serve now (its inference worker failed); try another."""
+
+    status = "UNAVAILABLE"
+
+
+class StreamIdle(SegserveError):
+    """A stream sent nothing (or read nothing) for longer than the idle limit."""
+
+    status = "DEADLINE_EXCEEDED"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (
     0.001,
@@ -25,6 +25,23 @@ _LATENCY_BUCKETS = (
     5,
 )
 STAGES = ("decode", "queue", "preprocess", "inference", "postprocess", "encode", "total")
+# Label values come from closed sets, so no caller can add series: unknown names become "other".
+METHODS = frozenset(
+    {"Segment", "StreamSegment", "GetModelInfo", "ModelInfer", "ModelStreamInfer", "ModelMetadata"}
+)
+CODES = frozenset(
+    {
+        "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+        "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",
+        "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
+    }
+)  # fmt: skip
+
+
+def method_label(method: str) -> str:
+    """A metrics label for an RPC method name (full "/pkg.Service/Method" or short)."""
+    short = method.rsplit("/", 1)[-1]
+    return short if short in METHODS else "other"
 
 
 class Metrics:
@@ -60,17 +77,28 @@ class Metrics:
         )
         self.inflight = Gauge("segserve_inflight_frames", "Frames admitted and not yet processed", registry=r)
         self.queue_depth = Gauge("segserve_queue_depth", "Frames waiting in the batcher", registry=r)
-        self.streams = Gauge("segserve_active_streams", "Open StreamSegment calls", registry=r)
+        self.streams = Gauge("segserve_active_streams", "Open streams", registry=r)
+        self.buffered_bytes = Gauge(
+            "segserve_buffered_bytes", "Admitted request bytes and unwritten answers", registry=r
+        )
 
-    def bind(self, inflight: Callable[[], float], queue_depth: Callable[[], float]) -> None:
-        """Read the in-flight and queue-depth gauges from the live counters at every scrape."""
+    def bind(
+        self,
+        inflight: Callable[[], float],
+        queue_depth: Callable[[], float],
+        buffered_bytes: Callable[[], float] | None = None,
+    ) -> None:
+        """Read the gauges from the live counters at every scrape."""
         self.inflight.set_function(inflight)
         self.queue_depth.set_function(queue_depth)
+        if buffered_bytes is not None:
+            self.buffered_bytes.set_function(buffered_bytes)
+
+    def error(self, method: str, code: str) -> None:
+        """Count a refused or failed frame under closed-set labels."""
+        self.errors.labels(method_label(method), code if code in CODES else "UNKNOWN").inc()
 
     def observe_timing(self, timing) -> None:
         for stage in STAGES:
             self.stage_latency.labels(stage).observe(getattr(timing, f"{stage}_us") / 1e6)
 
-    def serve_http(self, port: int, addr: str = "0.0.0.0"):
-        """Expose /metrics (``port`` 0: a free one, see ``server.server_port``); returns (server, thread)."""
-        return start_http_server(port, addr=addr, registry=self.registry)

@@ -1,21 +1,25 @@
 """Frame -> result: decode -> resize -> batch -> engine -> mask resize -> colorize/overlay -> encode.
 
-Plain dataclasses in and out, no protobuf or grpc: the server translates, benchmarks call
+Plain dataclasses in and out, no protobuf or grpc: the edges translate, benchmarks await
 ``Pipeline.process`` in-process, and every stage is timed into a ``Timing``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import cv2
 import numpy as np
 
 from segserve import codec
 from segserve.batcher import Batcher, BatchResult
-from segserve.errors import InvalidFrame
+from segserve.admission import Ticket
+from segserve.errors import DeadlineExceeded, InvalidFrame
 from segserve.graph import ModelMetadata
 from segserve.labels import mask_to_training_rgb
 from segserve.types import (
@@ -31,12 +35,21 @@ from segserve.types import (
 )
 
 
+T = TypeVar("T")
+
+
 def _us(start: float, end: float) -> int:
     return int((end - start) * 1e6)
 
 
+def _check_deadline(request: FrameRequest, when: str) -> None:
+    if request.deadline is not None and time.monotonic() >= request.deadline:
+        raise DeadlineExceeded(f"the deadline passed {when}")
+
+
 class Pipeline:
-    """Thread-safe; call ``process`` from as many threads as there are frames in flight."""
+    """Frame -> result as a coroutine: the CPU stages run on a bounded pool (OpenCV, libjpeg-turbo and
+    zlib release the GIL), the network on the batcher's executor. Create inside the serving loop."""
 
     def __init__(
         self,
@@ -44,6 +57,7 @@ class Pipeline:
         batcher: Batcher,
         limits: codec.Limits | None = None,
         resize_in_graph: bool = False,
+        cpu_workers: int | None = None,
     ):
         self.metadata = metadata
         self.resize_in_graph = resize_in_graph
@@ -52,7 +66,8 @@ class Pipeline:
         self.model_id = f"{metadata.name}@{metadata.version}"
         self._model_wh = (metadata.input_width, metadata.input_height)
         self._names = metadata.labels.names
-        self._outputs = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="segserve-out")
+        workers = cpu_workers or max(2, os.cpu_count() or 2)
+        self.cpu = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="segserve-cpu")
 
     def decode(self, request: FrameRequest) -> tuple[np.ndarray, tuple[int, int]]:
         """The frame's pixels and its own (width, height).
@@ -83,27 +98,44 @@ class Pipeline:
         )
         return cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
 
-    def process(self, request: FrameRequest) -> FrameResult:
-        """Run one frame end to end. Raises a SegserveError subclass for anything the caller did wrong."""
+    def _decode_and_preprocess(
+        self, request: FrameRequest
+    ) -> tuple[np.ndarray, tuple[int, int], np.ndarray, float, float]:
         t0 = time.perf_counter()
+        frame, size = self.decode(request)
+        t1 = time.perf_counter()
+        return frame, size, self.preprocess(frame), t0, t1
+
+    async def offload(self, ticket: Ticket | None, fn: Callable[..., T], *args: object) -> T:
+        """Run ``fn`` on the CPU pool. If the caller leaves while it runs, the caller's admission
+        ticket stays held until the job really ends, so abandoned work still counts as load."""
+        job = self.cpu.submit(fn, *args)
+        try:
+            return await asyncio.wrap_future(job)
+        except asyncio.CancelledError:
+            if ticket is not None and not job.cancel():
+                ticket.release_after(job)
+            raise
+
+    async def process(self, request: FrameRequest, ticket: Ticket | None = None) -> FrameResult:
+        """Run one frame end to end. Raises a SegserveError subclass for anything the caller did wrong,
+        DeadlineExceeded when ``request.deadline`` passes before the network runs."""
+        t0 = time.perf_counter()
+        _check_deadline(request, "before decoding")
         self.batcher.announce()
         try:
-            frame, size = self.decode(request)
-            t1 = time.perf_counter()
-            model_input = self.preprocess(frame)
+            frame, size, model_input, t_dec0, t1 = await self.offload(
+                ticket, self._decode_and_preprocess, request
+            )
+            _check_deadline(request, "before inference")
         except BaseException:
             self.batcher.withdraw()
             raise
         t2 = time.perf_counter()
-        future = self.batcher.submit(
-            model_input,
-            lane=request.lane,
-            deadline=request.deadline,
-            is_cancelled=request.is_cancelled,
-            announced=True,
+        batch: BatchResult = await self.batcher.infer(
+            model_input, lane=request.lane, deadline=request.deadline, announced=True
         )
-        batch: BatchResult = future.result()
-        result = self.postprocess_and_encode(frame, size, batch.labels, request)
+        result = await self.postprocess_and_encode(frame, size, batch.labels, request, ticket)
         t3 = time.perf_counter()
         result.timing.decode_us = _us(t0, t1)
         result.timing.preprocess_us = _us(t1, t2) + batch.stack_us
@@ -113,30 +145,36 @@ class Pipeline:
         result.timing.total_us = _us(t0, t3)
         return result
 
-    def postprocess_and_encode(
-        self, frame: np.ndarray, size: tuple[int, int], labels: np.ndarray, request: FrameRequest
+    async def postprocess_and_encode(
+        self,
+        frame: np.ndarray,
+        size: tuple[int, int],
+        labels: np.ndarray,
+        request: FrameRequest,
+        ticket: Ticket | None = None,
     ) -> FrameResult:
         """``frame``: the decoded pixels (full size when an overlay is wanted); ``size``: the frame's own.
 
-        The mask and the overlay are independent, and OpenCV releases the GIL: when both are wanted the
-        overlay is made on the output pool while this thread makes the mask. ``postprocess_us`` is the
-        longer of the two post-processing parts, ``encode_us`` the rest of the wall time.
+        The mask and the overlay are independent, and OpenCV releases the GIL: when both are wanted they
+        run side by side on the pool. ``postprocess_us`` is the longer of the two post-processing parts,
+        ``encode_us`` the rest of the wall time.
         """
         opts = request.options
         t0 = time.perf_counter()
         wants_overlay = opts.overlay is not OverlayFormat.NONE
         wants_mask = opts.mask is not MaskFormat.NONE or opts.coverage
-        job = (
-            self._outputs.submit(self.overlay, frame, size, labels, opts)
-            if wants_overlay and wants_mask
-            else None
-        )
-        mask_out, coverage, mask_post_s = self.mask_outputs(size, labels, opts)
+        mask_out, coverage, mask_post_s = None, [], 0.0
         overlay_out, overlay_post_s = None, 0.0
-        if job is not None:
-            overlay_out, overlay_post_s = job.result()
-        elif wants_overlay:
-            overlay_out, overlay_post_s = self.overlay(frame, size, labels, opts)
+        jobs = []
+        if wants_mask:
+            jobs.append(self.offload(ticket, self.mask_outputs, size, labels, opts))
+        if wants_overlay:
+            jobs.append(self.offload(ticket, self.overlay, frame, size, labels, opts))
+        done = await asyncio.gather(*jobs)
+        if wants_mask:
+            mask_out, coverage, mask_post_s = done[0]
+        if wants_overlay:
+            overlay_out, overlay_post_s = done[-1]
         wall = time.perf_counter() - t0
         post = min(max(mask_post_s, overlay_post_s), wall)
         timing = Timing(postprocess_us=int(post * 1e6), encode_us=int((wall - post) * 1e6))
@@ -148,6 +186,7 @@ class Pipeline:
             overlay=overlay_out,
             coverage=coverage,
             capture_time_us=request.capture_time_us,
+            labels=labels,
         )
 
     def mask_outputs(
@@ -181,7 +220,8 @@ class Pipeline:
         return EncodedImage(size[0], size[1], opts.overlay, data), post
 
     def close(self) -> None:
-        self._outputs.shutdown(wait=True)
+        """Stop the CPU pool without waiting for a job nobody waits for (the grace period is true)."""
+        self.cpu.shutdown(wait=False, cancel_futures=True)
 
     @staticmethod
     def encode_mask(mask: np.ndarray, fmt: MaskFormat) -> EncodedImage | None:

@@ -19,8 +19,9 @@ sys.path.insert(0, str(HERE.parent))  # tests/modelgen.py, tests/frames.py
 sys.path.insert(0, str(HERE))  # relutil.py
 
 from modelgen import served_model_file  # noqa: E402
-from segserve.engine import EngineConfig  # noqa: E402
-from segserve.server import RunningServer, ServerConfig, Service, create_server  # noqa: E402
+from segserve.edge.server import RunningServer, ServerConfig, create_server  # noqa: E402
+from segserve.engine import Engine, EngineConfig  # noqa: E402
+from segserve.service import Service  # noqa: E402
 
 MODEL_HW = (48, 64)
 
@@ -63,9 +64,10 @@ def serve(model: Path, per_batch_s: float = 0.0, grace_s: float = 2.0, **config)
     config.setdefault("host", "127.0.0.1")
     config.setdefault("port", 0)
     config.setdefault("grace_s", grace_s)
-    service = Service.from_model(EngineConfig(model, intra_op_threads=1), ServerConfig(**config))
-    running = create_server(service)
-    running.probe = EngineProbe(service, per_batch_s)  # type: ignore[attr-defined]
+    engine = Engine(EngineConfig(model, intra_op_threads=1))
+    engine.warm_up()
+    running = create_server(engine, ServerConfig(**config))
+    running.probe = EngineProbe(running.service, per_batch_s)  # type: ignore[attr-defined]
     try:
         yield running
     finally:

@@ -1,15 +1,17 @@
-"""Translation between protobuf messages and the pipeline's plain dataclasses.
+"""segmentation.v1 protobuf <-> the service's plain dataclasses (``segserve.types``, sessions).
 
-The only module besides the server and client that imports the generated stubs. Unknown enum values
-(proto3 keeps them as plain ints) become InvalidOptions/InvalidFrame with the field's name.
+Unknown enum values (proto3 keeps them as plain ints) become InvalidOptions/InvalidFrame with the
+field's name.
 """
 
 from __future__ import annotations
 
-from segserve import codec
+import grpc
+
 from segserve._proto.segmentation.v1 import segmentation_pb2 as pb
-from segserve.errors import InvalidFrame, InvalidOptions
+from segserve.errors import InvalidFrame, InvalidOptions, SegserveError
 from segserve.graph import ModelMetadata
+from segserve.sessions import Dropped, FrameFailure, Outcome
 from segserve.types import (
     FrameRequest,
     FrameResult,
@@ -130,14 +132,24 @@ def response_from_result(result: FrameResult) -> pb.SegmentResponse:
     return response
 
 
-def error_response(frame_id: str, code: int, message: str, capture_time_us: int = 0) -> pb.SegmentResponse:
+def status_code(error: SegserveError) -> grpc.StatusCode:
+    return grpc.StatusCode[error.status]
+
+
+def error_response(frame_id: str, error: SegserveError, capture_time_us: int = 0) -> pb.SegmentResponse:
     return pb.SegmentResponse(
-        frame_id=frame_id, error=pb.FrameError(code=code, message=message), capture_time_us=capture_time_us
+        frame_id=frame_id,
+        error=pb.FrameError(code=status_code(error).value[0], message=str(error)),
+        capture_time_us=capture_time_us,
     )
 
 
-def dropped_response(frame_id: str, capture_time_us: int = 0) -> pb.SegmentResponse:
-    return pb.SegmentResponse(frame_id=frame_id, dropped=True, capture_time_us=capture_time_us)
+def response_from_outcome(outcome: Outcome) -> pb.SegmentResponse:
+    if isinstance(outcome, FrameFailure):
+        return error_response(outcome.frame_id, outcome.error, outcome.capture_time_us)
+    if isinstance(outcome, Dropped):
+        return pb.SegmentResponse(frame_id=outcome.frame_id, dropped=True, capture_time_us=outcome.capture_time_us)
+    return response_from_result(outcome)
 
 
 def model_info_to_proto(

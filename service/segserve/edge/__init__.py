@@ -1,0 +1,1 @@
+"""The only rooms that see protobuf or grpc: servicers, protobuf <-> types, auth, server factory."""
