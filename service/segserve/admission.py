@@ -12,32 +12,44 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from segserve.errors import Overloaded
 
 
 @dataclass(eq=False)
 class Ticket:
-    """One admitted frame's share: a frame slot and ``nbytes``. ``release`` is idempotent."""
+    """One admitted frame's share: a frame slot and ``nbytes``. ``release`` is idempotent, and waits
+    for the pool jobs pinned with ``release_after`` (work the caller no longer waits for)."""
 
     admission: Admission
     nbytes: int
     frames: int = 1
-    released: bool = field(default=False)
+    released: bool = False
+    _pinned: int = 0
+    _release_wanted: bool = False
 
     def release(self) -> None:
-        if not self.released:
-            self.released = True
-            self.admission._give_back(self.frames, self.nbytes)
+        if self.released:
+            return
+        if self._pinned:
+            self._release_wanted = True
+            return
+        self.released = True
+        self.admission._give_back(self.frames, self.nbytes)
 
     def release_after(self, work: concurrent.futures.Future) -> None:
-        """Release when ``work`` (a pool job the caller no longer waits for) has finished."""
+        """Keep the ticket held until ``work`` (a pool job its caller left behind) has finished."""
         if work.done():
-            self.release()
             return
+        self._pinned += 1
         loop = self.admission.loop
-        work.add_done_callback(lambda _: loop.call_soon_threadsafe(self.release))
+        work.add_done_callback(lambda _: loop.call_soon_threadsafe(self._unpin))
+
+    def _unpin(self) -> None:
+        self._pinned -= 1
+        if not self._pinned and self._release_wanted:
+            self.release()
 
 
 class Admission:

@@ -7,6 +7,13 @@ import logging
 import time
 
 
+# Fields a log call may attach with ``extra=``: tests and log collectors read them, not the text.
+STRUCTURED_FIELDS = (
+    "frame_id", "method", "code", "peer", "stream_read", "stream_answered", "stream_dropped",
+    "stream_end", "drain", "stopped_after_s",
+)  # fmt: skip
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -16,7 +23,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        for key in ("frame_id", "method", "code", "peer"):
+        for key in STRUCTURED_FIELDS:
             if hasattr(record, key):
                 entry[key] = getattr(record, key)
         if record.exc_info:

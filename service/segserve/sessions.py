@@ -241,6 +241,12 @@ class StreamSession:
             self.stats.failed,
             self.policy,
             f" ({self.end_reason})" if self.end_reason else "",
+            extra={
+                "stream_read": self.stats.read,
+                "stream_answered": self.stats.answered,
+                "stream_dropped": self.stats.dropped,
+                "stream_end": self.end_reason or "closed",
+            },
         )
 
     # --- reading side ----------------------------------------------------------------------------
@@ -308,9 +314,13 @@ class StreamSession:
         except asyncio.CancelledError:
             self._resolve(entry, FrameFailure(request.frame_id, ShuttingDown("stream closing"), 0))
             raise
+        self._start(request, entry, ticket)
+
+    def _start(self, request: FrameRequest, entry: _Entry, ticket: Ticket) -> None:
         task = self._loop.create_task(self._run_frame(request, entry, ticket))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: ticket.release())  # also when cancelled before it ran
 
     async def _run_frame(self, request: FrameRequest, entry: _Entry, ticket: Ticket) -> None:
         try:
@@ -352,6 +362,4 @@ class StreamSession:
                 continue
             pending.entry.slot = True
             ticket = await self._admission.admit(pending.request.nbytes)
-            task = self._loop.create_task(self._run_frame(pending.request, pending.entry, ticket))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._start(pending.request, pending.entry, ticket)

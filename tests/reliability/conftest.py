@@ -3,10 +3,10 @@ made by tests/modelgen.py, an engine that can be slowed down to a known capacity
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -33,25 +33,39 @@ def small_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 class EngineProbe:
-    """Wraps the batcher's engine call: an optional fixed cost per batch (a known capacity), and
-    a record of every batch (its size, and how many frames of each lane ran)."""
+    """Wraps the batcher's engine call: a gate the test opens and closes (so it decides when batches
+    run: no sleeps), and a record of every batch, synchronised with a condition."""
 
-    def __init__(self, service: Service, per_batch_s: float = 0.0):
+    def __init__(self, service: Service):
         self.service = service
-        self.per_batch_s = per_batch_s
         self.batches: list[int] = []
-        self.running = 0
-        self.max_running_frames = 0
-        self._lock = threading.Lock()
+        self.entered = 0
+        self.gate = threading.Event()
+        self.gate.set()
+        self._cond = threading.Condition()
         self._run = service.batcher._run
         service.batcher._run = self
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        with self._lock:
+        with self._cond:
+            self.entered += 1
+            self._cond.notify_all()
+        if not self.gate.wait(60):
+            raise RuntimeError("test gate never opened")
+        out = self._run(batch)
+        with self._cond:
             self.batches.append(len(batch))
-        if self.per_batch_s:
-            time.sleep(self.per_batch_s)
-        return self._run(batch)
+            self._cond.notify_all()
+        return out
+
+    def wait_entered(self, n: int, timeout: float = 60.0) -> bool:
+        """Wait until ``n`` batches have entered the engine (they may be held at the gate)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.entered >= n, timeout)
+
+    def wait_frames(self, n: int, timeout: float = 60.0) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: sum(self.batches) >= n, timeout)
 
     @property
     def frames(self) -> int:
@@ -59,7 +73,7 @@ class EngineProbe:
 
 
 @contextlib.contextmanager
-def serve(model: Path, per_batch_s: float = 0.0, grace_s: float = 2.0, **config) -> Iterator[RunningServer]:
+def serve(model: Path, grace_s: float = 2.0, **config) -> Iterator[RunningServer]:
     """A server for ``model`` with ``ServerConfig(**config)``; ``running.probe`` is its EngineProbe."""
     config.setdefault("host", "127.0.0.1")
     config.setdefault("port", 0)
@@ -67,10 +81,11 @@ def serve(model: Path, per_batch_s: float = 0.0, grace_s: float = 2.0, **config)
     engine = Engine(EngineConfig(model, intra_op_threads=1))
     engine.warm_up()
     running = create_server(engine, ServerConfig(**config))
-    running.probe = EngineProbe(running.service, per_batch_s)  # type: ignore[attr-defined]
+    running.probe = EngineProbe(running.service)  # type: ignore[attr-defined]
     try:
         yield running
     finally:
+        running.probe.gate.set()  # type: ignore[attr-defined]
         running.drain_and_stop(grace_s)
 
 
@@ -92,10 +107,41 @@ def channel_for(running: RunningServer, **options) -> grpc.Channel:
     return grpc.insecure_channel(f"127.0.0.1:{running.port}", options=opts)
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, poll: float = 0.02) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(poll)
-    return predicate()
+def wait_idle(running: RunningServer, timeout: float = 60.0) -> bool:
+    """Wait (on the server's own idle event) until no call is open and nothing is held: a pool job
+    whose caller left keeps its admission ticket until the job really ends."""
+    if not running.call(running.service.wait_idle(timeout)):
+        return False
+    return wait_until(running, lambda s: s["frames"] == 0 and s["streams"] == 0 and s["depth"] == 0, timeout)
+
+
+def state(running: RunningServer) -> dict:
+    """A consistent snapshot of the server's bounds, read on its event loop."""
+
+    return running.call(_snapshot(running.service))
+
+
+def wait_until(running: RunningServer, predicate: Callable[[dict], bool], timeout: float = 60.0) -> bool:
+    """Wait until ``predicate(state)`` holds, re-checking whenever the server's loop turns."""
+
+    async def watch() -> bool:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while loop.time() < end:
+            if predicate(await _snapshot(running.service)):
+                return True
+            await asyncio.sleep(0.01)  # yields the loop; an overall bound, not a timing assertion
+        return False
+
+    return running.call(watch())
+
+
+async def _snapshot(service: Service) -> dict:
+    return {
+        "frames": service.admission.frames,
+        "bytes": service.admission.bytes,
+        "streams": len(service.sessions),
+        "depth": service.batcher.depth,
+        "sessions": [vars(session.stats).copy() for session in service.sessions],
+        "draining": service.draining,
+    }

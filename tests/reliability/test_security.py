@@ -19,7 +19,7 @@ from relutil import ServeProcess, frame, raw_request
 from segserve._proto.segmentation.v1 import segmentation_pb2 as pb
 from segserve._proto.segmentation.v1 import segmentation_pb2_grpc as pb_grpc
 from segserve.client import SegmenterClient
-from segserve.server import TlsConfig
+from segserve.edge.server import TlsConfig
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
 

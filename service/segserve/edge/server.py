@@ -114,10 +114,12 @@ class Server:
         await self.service.close()
         if self.metrics_listener is not None:
             await self.metrics_listener.close()
+        elapsed = time.monotonic() - start
         log.info(
             "drain %s; stopped after %.2fs",
             "complete: every accepted frame answered" if idle else "cut at the grace period",
-            time.monotonic() - start,
+            elapsed,
+            extra={"drain": "complete" if idle else "cut", "stopped_after_s": round(elapsed, 3)},
         )
         self.stopped.set()
         return idle
@@ -229,6 +231,9 @@ class RunningServer:
         return self.server.metrics_port
 
     def drain_and_stop(self, grace_s: float | None = None) -> bool:
+        """Drain and stop (see ``Server.drain_and_stop``); a second call returns at once."""
+        if not self.loop.is_running():
+            return True
         try:
             return self.call(self.server.drain_and_stop(grace_s))
         finally:
