@@ -505,7 +505,7 @@ def describe(form: ModelForm) -> list[str]:
     lines = [
         f"input    {inp.spec}",
         f"  layout         {inp.layout.value.upper():<24} ({inp.layout.source})",
-        f"  size           {h}x{w:<22} ({inp.size.source})",
+        f"  size           {f'{h}x{w}':<24} ({inp.size.source})",
         "  batch          "
         + (f"static {inp.static_batch}" if inp.static_batch else "dynamic").ljust(24)
         + " (model shape)",
