@@ -520,12 +520,11 @@ def describe(form: ModelForm) -> list[str]:
             f"  std            {std:<24} ({inp.std.source})",
         ]
         px_mean, px_std = inp.pixel_mean_std()
+        px_mean_text = " ".join(f"{v:.6g}" for v in px_mean)
+        px_std_text = " ".join(f"{v:.6g}" for v in px_std)
         lines.append(
-            "  the network sees (pixel - ["
-            + " ".join(f"{v:.4g}" for v in px_mean)
-            + "]) / ["
-            + " ".join(f"{v:.4g}" for v in px_std)
-            + f"] per {inp.channel_order.value.upper()} channel"
+            f"  the network gets (pixel - [{px_mean_text}]) / [{px_std_text}], "
+            f"pixels 0..255 in {inp.channel_order.value.upper()} order"
         )
     else:
         lines.append("  normalisation  none added (uint8 input: the model normalises inside its graph)")
