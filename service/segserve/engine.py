@@ -159,7 +159,7 @@ class Engine:
             model = add_input_resize(model, *self.input_hw)
         self.input_name = FRAMES_NAME if self.resize_in_graph else INPUT_NAME
         settings = prov.ProviderSettings(
-            max_batch=config.max_batch,
+            max_batch=self.metadata.static_batch or config.max_batch,
             input_hw=self.input_hw,
             cuda_graph=config.cuda_graph,
             **({"trt_cache_dir": config.trt_cache_dir} if config.trt_cache_dir else {}),
