@@ -10,10 +10,11 @@ from segserve.engine import Engine, EngineConfig
 MODEL_HW = (96, 128)
 
 
-def start_server(model: Path, **config) -> RunningServer:
-    """A server on a free loopback port (``port=0``) over ``model``; ``config``: ServerConfig fields."""
+def start_server(model: Path, engine: dict | None = None, **config) -> RunningServer:
+    """A server on a free loopback port (``port=0``) over ``model``; ``config``: ServerConfig fields;
+    ``engine``: EngineConfig fields (the model flags: channel_order, output, labels, ...)."""
     config.setdefault("host", "127.0.0.1")
     config.setdefault("port", 0)
-    engine = Engine(EngineConfig(model, intra_op_threads=1))
-    engine.warm_up()
-    return create_server(engine, ServerConfig(**config))
+    served = Engine(EngineConfig(model, **{"intra_op_threads": 1, **(engine or {})}))
+    served.warm_up()
+    return create_server(served, ServerConfig(**config))

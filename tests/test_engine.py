@@ -1,7 +1,7 @@
 import numpy as np
 import onnx
 import pytest
-from modelgen import float_logits_model
+from modelgen import byo_model, float_logits_model
 from segserve.engine import Engine, EngineConfig, session_options
 
 
@@ -36,7 +36,40 @@ def test_static_batch_one_model_is_run_frame_by_frame(tmp_path, frames):
     onnx.save(float_logits_model(height=96, width=128, batch=1), str(path))
     engine = Engine(EngineConfig(path, max_batch=8))
     assert engine.max_batch == 1 and not engine.metadata.dynamic_batch
+    assert engine.metadata.static_batch == 1
     assert engine.run(frames).shape == (5, 96, 128)
+
+
+def test_static_batch_four_pads_short_batches_and_drops_the_padding(tmp_path, frames):
+    static, dynamic = tmp_path / "static4.onnx", tmp_path / "dynamic.onnx"
+    onnx.save(byo_model(height=96, width=128, batch=4), str(static))
+    onnx.save(byo_model(height=96, width=128), str(dynamic))
+    engine, reference = Engine(EngineConfig(static, max_batch=8)), Engine(EngineConfig(dynamic))
+    assert engine.max_batch == 4 and engine.metadata.static_batch == 4
+    start = engine.stats.calls, engine.stats.padding
+    three = engine.run(frames[:3])
+    assert (engine.stats.calls - start[0], engine.stats.padding - start[1]) == (1, 1)
+    assert np.array_equal(three, reference.run(frames[:3]))
+    five = engine.run(frames)  # 4 + (1 padded to 4)
+    assert (engine.stats.calls - start[0], engine.stats.padding - start[1]) == (3, 4)
+    assert np.array_equal(five, reference.run(frames))
+
+
+def test_warm_up_of_a_static_model_runs_its_one_batch_size(tmp_path):
+    path = tmp_path / "static4.onnx"
+    onnx.save(byo_model(batch=4), str(path))
+    engine = Engine(EngineConfig(path))
+    engine.warm_up()
+    assert (engine.stats.calls, engine.stats.frames, engine.stats.padding) == (1, 4, 0)
+
+
+def test_model_flags_reach_the_model_through_the_config(tmp_path):
+    path = tmp_path / "two.onnx"
+    onnx.save(byo_model(aux=True, num_classes=19), str(path))
+    config = EngineConfig(path, output="logits", channel_order="bgr", input_range="0..1", labels="cityscapes")
+    meta = Engine(config).metadata
+    assert (meta.output_name, meta.channel_order, meta.input_range) == ("logits", "bgr", "0..1")
+    assert meta.labels.names[0] == "road" and meta.label_source == "flag --labels (built-in cityscapes)"
 
 
 def test_wrong_shape_is_refused(toy_model):

@@ -1,11 +1,13 @@
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from modelgen import float_logits_model
+from modelgen import byo_model, float_logits_model
 from onnx import TensorProto, helper
 from segserve.errors import ModelError
-from segserve.graph import IMAGENET_MEAN, IMAGENET_STD, prepare_model
+from segserve.graph import IMAGENET_MEAN, IMAGENET_STD, ModelOptions, prepare_model
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
@@ -64,7 +66,7 @@ def test_served_model_with_int64_ids_gets_a_cast():
         helper.make_graph(nodes, "g", [inp], [out]), opset_imports=[helper.make_opsetid("", 13)]
     )
     prepared = prepare_model(model)
-    assert not prepared.metadata.wrapped
+    assert prepared.metadata.wrapped and prepared.metadata.output_kind == "ids"  # a Clip and a Cast
     frames = np.full((1, 8, 8, 3), 7, np.uint8)
     assert _session(prepared.model).run(["labels"], {"images": frames})[0].max() == 7
 
@@ -82,7 +84,7 @@ def test_unwrappable_models_are_explained(tmp_path):
     inp = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 10])
     out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])
     model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [inp], [out]))
-    with pytest.raises(ModelError, match=r"expected float \[N, 3, H, W\]"):
+    with pytest.raises(ModelError, match=r"an image input is \[N, 3, H, W\] or \[N, H, W, 3\]"):
         prepare_model(model)
     with pytest.raises(ModelError, match="not found"):
         prepare_model(tmp_path / "missing.onnx")
@@ -137,3 +139,89 @@ def test_served_model_under_other_names_is_renamed():
     prepared = prepare_model(model)
     out = _session(prepared.model).run(["labels"], {"images": np.full((1, 8, 8, 3), 3, np.uint8)})[0]
     assert out.max() == 3 and not prepared.metadata.dynamic_batch
+
+
+def _ids_model(values: list[int], elem_type: int = TensorProto.INT64) -> onnx.ModelProto:
+    """uint8 NHWC in; out: ids [N, 1, 2] holding ``values`` whatever the input (the size of the input)."""
+    inp = helper.make_tensor_value_info("x", TensorProto.UINT8, ["N", 1, len(values), 3])
+    out = helper.make_tensor_value_info("ids", elem_type, ["N", 1, len(values)])
+    nodes = [
+        helper.make_node("ReduceMax", ["x"], ["m"], axes=[3], keepdims=0),
+        helper.make_node("Cast", ["m"], ["m64"], to=TensorProto.INT64),
+        helper.make_node("Mul", ["m64", "zero"], ["z"]),
+        helper.make_node("Add", ["z", "values"], ["v"]),
+        helper.make_node("Cast", ["v"], ["ids"], to=elem_type),
+    ]
+    inits = [
+        onnx.numpy_helper.from_array(np.zeros((), np.int64), "zero"),
+        onnx.numpy_helper.from_array(np.asarray(values, np.int64), "values"),
+    ]
+    graph = helper.make_graph(nodes, "ids", [inp], [out], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("elem_type", [TensorProto.INT64, TensorProto.INT32, TensorProto.INT16])
+def test_ids_outside_0_255_become_255_never_another_class(elem_type):
+    prepared = prepare_model(_ids_model([7, -1, 300, 255, 0], elem_type))
+    out = _session(prepared.model).run(["labels"], {"images": np.zeros((1, 1, 5, 3), np.uint8)})[0]
+    assert out.tolist() == [[[7, 255, 255, 255, 0]]]
+
+
+def test_only_the_mask_output_is_kept_and_what_fed_the_others_is_pruned(frames):
+    raw = byo_model(aux=True)
+    prepared = prepare_model(raw, options=ModelOptions(output="logits"))
+    graph = prepared.model.graph
+    assert [o.name for o in graph.output] == ["labels"]
+    assert not any("aux" in name for node in graph.node for name in [*node.input, *node.output])
+    assert "w_aux" not in {i.name for i in graph.initializer}
+    labels = _session(prepared.model).run(["labels"], {"images": frames})[0]
+    assert np.mean(labels == _by_hand(float_logits_model_like(raw), frames)) > 0.999
+
+
+def float_logits_model_like(raw: onnx.ModelProto) -> onnx.ModelProto:
+    """``raw`` with only its ``logits`` output, for running by hand."""
+    model = onnx.ModelProto.FromString(raw.SerializeToString())
+    keep = [o for o in model.graph.output if o.name == "logits"]
+    del model.graph.output[:]
+    model.graph.output.extend(keep)
+    return model
+
+
+def test_a_served_model_can_be_prepared_again_with_new_choices(tmp_path, frames):
+    """The wrapper's own names never collide with a model that already holds a wrapper."""
+    served = prepare_model(float_logits_model(num_classes=5)).model
+    again = prepare_model(served)
+    assert np.array_equal(
+        _session(again.model).run(["labels"], {"images": frames})[0],
+        _session(served).run(["labels"], {"images": frames})[0],
+    )
+    flipped = prepare_model(served, options=ModelOptions(channel_order="bgr"))
+    out = _session(flipped.model).run(["labels"], {"images": frames})[0]
+    expected = _session(served).run(["labels"], {"images": np.ascontiguousarray(frames[..., ::-1])})[0]
+    assert np.array_equal(out, expected)
+
+
+def test_the_served_file_records_the_normalisation_it_bakes_in():
+    bgr = byo_model(metadata={"channel_order": "bgr", "mean": "[104, 117, 123]", "std": "[1, 2, 4]"})
+    served = prepare_model(bgr, options=ModelOptions(input_range="0..255"))
+    meta = {p.key: p.value for p in served.model.metadata_props}
+    assert "channel_order" not in meta  # the served input is RGB
+    assert json.loads(meta["mean"]) == [123, 117, 104] and json.loads(meta["std"]) == [4, 2, 1]
+    assert served.metadata.channel_order == "bgr" and served.metadata.mean == (104, 117, 123)
+
+
+def test_old_opsets_are_converted_before_wrapping(frames):
+    raw = byo_model(opset=11, stride=4)
+    prepared = prepare_model(raw)
+    assert max(o.version for o in prepared.model.opset_import if o.domain in ("", "ai.onnx")) == 13
+    labels = _session(prepared.model).run(["labels"], {"images": frames})[0]
+    assert labels.shape == (3, 48, 64)
+
+
+def test_resize_in_graph_on_an_opset_13_model(frames):
+    from segserve.graph import add_input_resize
+
+    served = prepare_model(byo_model(opset=13)).model
+    resized = add_input_resize(served, 48, 64)
+    big = np.repeat(np.repeat(frames[:1, :, :, ::-1], 2, axis=1), 2, axis=2)  # BGR at twice the size
+    assert _session(resized).run(["labels"], {"frames": np.ascontiguousarray(big)})[0].shape == (1, 48, 64)

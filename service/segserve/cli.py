@@ -71,9 +71,20 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         p,
         "--mean",
         None,
-        help="R G B mean (0..255) for wrapping a float model (default: metadata or ImageNet)",
+        help="mean per channel for a float model, in its channel order and --input-range units "
+        "(default: metadata or ImageNet)",
     )
-    opt(p, "--std", None, help="R G B std (0..255) for wrapping a float model")
+    opt(p, "--std", None, help="std per channel for a float model, like --mean")
+    opt(p, "--channel-order", None, help="rgb|bgr: the order the model takes (default: metadata, else rgb)")
+    opt(
+        p,
+        "--input-range",
+        None,
+        help="0..1|0..255: the units of --mean/--std (default: metadata, else 0..255)",
+    )
+    opt(p, "--layout", None, help="nchw|nhwc, when the model's input shape leaves it open")
+    opt(p, "--output", None, help="the output that holds the mask, when several could")
+    opt(p, "--labels", None, help="label map: JSON map, list of names (a line each, or JSON), or cityscapes")
     opt(p, "--input-size", None, help="HxW for a model with a dynamic input size")
     opt(p, "--grace-s", 10.0, float, help="seconds to answer accepted frames at SIGTERM")
     opt(p, "--token-file", None, help="file holding the bearer token callers must send (or SEGSERVE_TOKEN)")
@@ -142,6 +153,11 @@ def _serve(args: argparse.Namespace) -> int:
         resize_in_graph=args.resize_in_graph,
         cuda_graph=args.cuda_graph,
         trt_cache_dir=Path(args.trt_cache_dir) if args.trt_cache_dir else None,
+        channel_order=args.channel_order,
+        input_range=args.input_range,
+        layout=args.layout,
+        output=args.output,
+        labels=args.labels,
     )
     try:
         engine = Engine(engine_config)
@@ -289,7 +305,7 @@ def _health(args: argparse.Namespace) -> int:
 
 
 # Sub-commands that live with their own package: (module, function that registers them).
-_PLUGINS = ("segserve.demo.cli", "segserve.bench.cli", "segserve.train.cli")
+_PLUGINS = ("segserve.demo.cli", "segserve.bench.cli", "segserve.train.cli", "segserve.inspect_model")
 
 
 def build_parser() -> argparse.ArgumentParser:

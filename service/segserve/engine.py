@@ -3,6 +3,9 @@
 ``run(uint8 [N, H, W, 3] RGB) -> uint8 [N, H, W]`` class ids. With ``resize_in_graph`` the input is
 decoded BGR frames of any size instead, and the graph converts and resizes them itself.
 
+A model with a static batch size N runs N frames a call: ``max_batch`` says N so that the batcher
+never forms more, and a smaller batch is padded to N with black frames whose results are dropped.
+
 With a GPU provider the engine uses IO binding with one pair of device buffers per input shape,
 allocated once and reused, so a call copies the uint8 frames in and the uint8 ids out and allocates
 nothing; with ``cuda_graph`` each batch size is captured once as a CUDA graph and replayed.
@@ -32,9 +35,11 @@ from segserve.graph import (
     INPUT_NAME,
     OUTPUT_NAME,
     ModelMetadata,
+    PreparedModel,
     add_input_resize,
     prepare_model,
 )
+from segserve.modelform import ModelOptions, describe
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +55,36 @@ class EngineConfig:
     io_binding: bool | None = None  # None: on when the device is a GPU
     cuda_graph: bool = False
     resize_in_graph: bool = False
-    mean: tuple[float, float, float] | None = None
+    mean: tuple[float, float, float] | None = None  # per channel, in the model's order and range units
     std: tuple[float, float, float] | None = None
     input_size: tuple[int, int] | None = None
     trt_cache_dir: Path | None = None
+    channel_order: str | None = None  # rgb|bgr; None: metadata 'channel_order', else rgb
+    input_range: str | None = None  # 0..1|0..255; None: metadata 'input_range', else 0..255
+    layout: str | None = None  # nchw|nhwc; None: metadata 'layout', else read from the input's shape
+    output: str | None = None  # the output holding the mask; None: metadata 'output', else the only one
+    labels: str | None = None  # a label-map file or a built-in name (cityscapes)
+
+    def model_options(self) -> ModelOptions:
+        return ModelOptions(
+            mean=self.mean,
+            std=self.std,
+            input_size=self.input_size,
+            channel_order=self.channel_order,
+            input_range=self.input_range,
+            layout=self.layout,
+            output=self.output,
+            labels=self.labels,
+        )
+
+
+@dataclass
+class EngineStats:
+    """Session calls as they really ran: frames given, and black frames added to fill a static batch."""
+
+    calls: int = 0
+    frames: int = 0
+    padding: int = 0
 
 
 class BoundBuffers:
@@ -112,10 +143,15 @@ def _session(model_bytes: bytes, options, providers: list[str], provider_options
 class Engine:
     """``run`` is serialised by a lock; the batcher calls it from one thread anyway."""
 
-    def __init__(self, config: EngineConfig):
+    def __init__(self, config: EngineConfig, prepared: PreparedModel | None = None):
+        """``prepared``: the model already prepared from ``config`` (``segserve inspect`` has it)."""
         self.config = config
-        prepared = prepare_model(config.model, config.mean, config.std, config.input_size)
+        prepared = prepared or prepare_model(config.model, options=config.model_options())
         self.metadata: ModelMetadata = prepared.metadata
+        if prepared.form is not None:
+            log.info("model %s@%s", self.metadata.name, self.metadata.version)
+            for line in describe(prepared.form):
+                (log.warning if line.startswith("note") else log.info)("  %s", line)
         self.sha256 = hashlib.sha256(Path(config.model).read_bytes()).hexdigest()
         model = prepared.model
         self.resize_in_graph = config.resize_in_graph
@@ -123,7 +159,7 @@ class Engine:
             model = add_input_resize(model, *self.input_hw)
         self.input_name = FRAMES_NAME if self.resize_in_graph else INPUT_NAME
         settings = prov.ProviderSettings(
-            max_batch=config.max_batch,
+            max_batch=self.metadata.static_batch or config.max_batch,
             input_hw=self.input_hw,
             cuda_graph=config.cuda_graph,
             **({"trt_cache_dir": config.trt_cache_dir} if config.trt_cache_dir else {}),
@@ -135,7 +171,10 @@ class Engine:
         self.device_id = settings.device_id
         self.io_binding = self.device != "cpu" if config.io_binding is None else config.io_binding
         self.cuda_graph = config.cuda_graph and self.device == "cuda" and self.io_binding
-        self.max_batch = config.max_batch if self.metadata.dynamic_batch else 1
+        # The truth about batches: a static batch size is the most (and the least) one call takes.
+        self.static_batch = self.metadata.static_batch
+        self.max_batch = self.static_batch or config.max_batch
+        self.stats = EngineStats()
         self._buffers: dict[tuple[int, ...], BoundBuffers] = {}
         self._lock = threading.Lock()
 
@@ -188,6 +227,18 @@ class Engine:
             return self.buffers_for(batch.shape).run(self.session, batch).copy()
         return self.session.run([OUTPUT_NAME], {self.input_name: batch})[0]
 
+    def _run_padded(self, batch: np.ndarray) -> np.ndarray:
+        """One call; with a static batch size N, fewer frames are padded to N and the padding dropped."""
+        real = len(batch)
+        self.stats.calls += 1
+        self.stats.frames += real
+        if self.static_batch is None or real == self.static_batch:
+            return self._run_one_call(batch)
+        self.stats.padding += self.static_batch - real
+        padded = np.zeros((self.static_batch, *batch.shape[1:]), np.uint8)
+        padded[:real] = batch
+        return self._run_one_call(padded)[:real]
+
     def run(self, batch: np.ndarray) -> np.ndarray:
         """uint8 [N, H, W, 3] RGB at the input size (any-size BGR with resize_in_graph) -> uint8 ids."""
         self._check(batch)
@@ -195,15 +246,16 @@ class Engine:
         step = self.max_batch
         with self._lock:
             if len(batch) <= step:
-                return self._run_one_call(batch)
-            parts = [self._run_one_call(batch[i : i + step]) for i in range(0, len(batch), step)]
+                return self._run_padded(batch)
+            parts = [self._run_padded(batch[i : i + step]) for i in range(0, len(batch), step)]
         return np.concatenate(parts)
 
     def warm_up(self, rounds: int = 1) -> None:
         """Run every batch size so the first real frame pays no allocation or kernel-search cost."""
         h, w = self.input_hw
         rng = np.random.default_rng(0)
-        for n in range(1, self.max_batch + 1):
+        sizes = [self.static_batch] if self.static_batch else range(1, self.max_batch + 1)
+        for n in sizes:
             frames = rng.integers(0, 256, (n, h, w, 3), dtype=np.uint8)
             for _ in range(rounds):
                 self.run(frames)

@@ -3,6 +3,10 @@
 The training format stores a class-ID mask as an RGB image whose pixels are (k,k,k) for class k and
 (0,0,0) for background. The label map JSON (``{"classes": [{"id", "name", "color": [r,g,b]}]}``)
 gives each id a name and an RGB display colour used to colorize masks for people.
+
+A model brought from elsewhere usually comes with a list of class names only: ``load_label_spec``
+also takes a plain list (one name a line, or a JSON list) and colours it from the default palette,
+and knows the built-in ``cityscapes`` map (the 19 train ids).
 """
 
 from __future__ import annotations
@@ -82,6 +86,14 @@ class LabelMap:
             tuple(ClassInfo(i, f"class_{i}", tuple(int(v) for v in rgb[i])) for i in range(num_classes))
         )  # type: ignore[misc]
 
+    @classmethod
+    def from_names(cls, names: list[str]) -> LabelMap:
+        """Ids 0..n-1 in list order, coloured from the default palette."""
+        if not names:
+            raise LabelMapError("a label map needs at least one class")
+        palette = cls.default(len(names))
+        return cls(tuple(ClassInfo(i, name, palette.classes[i].color) for i, name in enumerate(names)))
+
     def to_dict(self) -> dict:
         return {"classes": [{"id": c.id, "name": c.name, "color": list(c.color)} for c in self.classes]}
 
@@ -119,6 +131,81 @@ class LabelMap:
     def colorize(self, mask: np.ndarray) -> np.ndarray:
         """Class-ID mask (H, W) uint8 -> BGR image in the map's colours (OpenCV kernels only)."""
         return cv2.LUT(cv2.merge((mask, mask, mask)), self.bgr_lut)
+
+
+# Cityscapes' 19 evaluation classes by train id, with the colours of cityscapesScripts' labels.py.
+CITYSCAPES = LabelMap(
+    tuple(
+        ClassInfo(i, name, color)
+        for i, (name, color) in enumerate(
+            [
+                ("road", (128, 64, 128)),
+                ("sidewalk", (244, 35, 232)),
+                ("building", (70, 70, 70)),
+                ("wall", (102, 102, 156)),
+                ("fence", (190, 153, 153)),
+                ("pole", (153, 153, 153)),
+                ("traffic light", (250, 170, 30)),
+                ("traffic sign", (220, 220, 0)),
+                ("vegetation", (107, 142, 35)),
+                ("terrain", (152, 251, 152)),
+                ("sky", (70, 130, 180)),
+                ("person", (220, 20, 60)),
+                ("rider", (255, 0, 0)),
+                ("car", (0, 0, 142)),
+                ("truck", (0, 0, 70)),
+                ("bus", (0, 60, 100)),
+                ("train", (0, 80, 100)),
+                ("motorcycle", (0, 0, 230)),
+                ("bicycle", (119, 11, 32)),
+            ]
+        )
+    )
+)
+BUILT_IN: dict[str, LabelMap] = {"cityscapes": CITYSCAPES}
+
+
+def parse_label_text(text: str, what: str = "label map") -> LabelMap:
+    """The project's label-map JSON, a JSON list of names, or plain text with one name a line.
+
+    Raises LabelMapError naming ``what`` when the text is none of these.
+    """
+    stripped = text.strip()
+    if not stripped:
+        raise LabelMapError(f"{what} is empty")
+    if stripped[0] in "{[":
+        try:
+            data = json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise LabelMapError(f"{what} is not valid JSON: {exc}") from exc
+        if isinstance(data, dict):
+            return LabelMap.from_dict(data)
+        if isinstance(data, list) and all(isinstance(n, str) for n in data):
+            return LabelMap.from_names(data)
+        raise LabelMapError(f"{what} must be {{'classes': [...]}} or a JSON list of class names")
+    names = [line.strip() for line in stripped.splitlines()]
+    if any(not name for name in names):
+        raise LabelMapError(f"{what}: blank line among the class names (one name a line, ids from 0)")
+    return LabelMap.from_names(names)
+
+
+def load_label_spec(spec: str) -> tuple[LabelMap, str]:
+    """``spec``: a built-in name (``cityscapes``) or a file; returns the map and where it came from.
+
+    Raises LabelMapError for an unknown name, a missing file or a malformed one.
+    """
+    if spec.lower() in BUILT_IN:
+        return BUILT_IN[spec.lower()], f"built-in {spec.lower()}"
+    path = Path(spec)
+    if not path.is_file():
+        raise LabelMapError(
+            f"label map {spec!r} is neither a file nor a built-in map ({', '.join(sorted(BUILT_IN))})"
+        )
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LabelMapError(f"cannot read label map {path}: {exc}") from exc
+    return parse_label_text(text, f"label map {path}"), f"file {path}"
 
 
 def mask_to_training_rgb(mask: np.ndarray) -> np.ndarray:
