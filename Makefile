@@ -32,8 +32,9 @@ test: $(DEV_STAMP)
 demo: $(DEMO_STAMP)
 	$(PY) -m segserve.demo.run_demo
 
-# sdist + wheel in dist/ (the wheel holds the shipped model; install it with `pip install 'dist/segserve-*.whl[serve]'`).
-dist: $(DEV_STAMP)
+# sdist + wheel in dist/ (the wheel holds the shipped model): needs only `build`, not the package's set.
+dist: | $(VENV)/bin/python
+	$(PIP) install -q 'build>=1.2'
 	rm -rf dist
 	$(PY) -m build --outdir dist .
 
