@@ -154,3 +154,14 @@ def test_a_missing_extra_names_the_extra() -> None:
         and "'train' extra" in failure.message
         and "pip install -e '.[train]'" in failure.message
     )
+
+
+def test_a_missing_extra_is_named_for_the_command() -> None:
+    failure = explain(
+        ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib"),
+        argparse.Namespace(command="eval"),
+    )
+    assert "'train' extra" in failure.message
+    failure = explain(ModuleNotFoundError("x", name="matplotlib"), argparse.Namespace(command="bench"))
+    assert "'bench' extra" in failure.message
+    assert "unexpected" in explain(ModuleNotFoundError("x", name="nothing_of_ours")).message

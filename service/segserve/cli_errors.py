@@ -27,6 +27,9 @@ _EXTRAS = {
     "av": "demo",
     "onnxruntime": "serve",
 }
+# Commands -> the extra that holds what they need (matplotlib is in several).
+_COMMAND_EXTRAS = {"train": "train", "export": "train", "eval": "train", "dataset": "train", "demo": "demo"}
+_COMMAND_EXTRAS |= {"bench": "bench", "serve": "serve"}
 
 
 class Fatal(Exception):
@@ -53,6 +56,7 @@ def explain(exc: BaseException, args: argparse.Namespace | None = None) -> Failu
     if isinstance(exc, ModuleNotFoundError) and exc.name:
         extra = _EXTRAS.get(exc.name.split(".")[0])
         if extra:
+            extra = _COMMAND_EXTRAS.get(getattr(args, "command", None), extra)
             return Failure(
                 f"{exc.name} is not installed; install segserve with the '{extra}' extra "
                 f"(in a clone: pip install -e '.[{extra}]')",

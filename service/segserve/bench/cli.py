@@ -92,6 +92,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:  # the plots come last: say so before measuring
+        raise ModuleNotFoundError("segserve bench plots with matplotlib", name="matplotlib")
     from segserve.bench.run import BenchConfig, run, table, write
     from segserve.demo.errors import DemoError
 
