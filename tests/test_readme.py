@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from segserve.server import RunningServer
+from segserve.edge.server import RunningServer
 from segserve.settings import SHIPPED_MODEL
 from servers import start_server
 

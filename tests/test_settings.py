@@ -12,9 +12,9 @@ from segserve import options as o
 from segserve.cli import build_parser
 from segserve.cli_errors import explain
 from segserve.codec import Limits
+from segserve.edge.server import ServerConfig
 from segserve.engine import EngineConfig
 from segserve.options import Size, UsageError
-from segserve.server import ServerConfig
 from segserve.settings import SERVE_OPTIONS, SHIPPED_MODEL, ServeSettings
 
 
@@ -43,7 +43,7 @@ def test_defaults_match_the_configs_they_build() -> None:
     for f in dataclasses.fields(ServerConfig):
         if f.name not in derived:
             assert getattr(server, f.name) == getattr(ServerConfig(), f.name), f.name
-    assert server.limits == Limits()
+    assert server.limits == Limits() and server.max_message_bytes == ServerConfig().max_message_bytes
     assert engine == EngineConfig(SHIPPED_MODEL)
 
 

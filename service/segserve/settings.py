@@ -102,9 +102,9 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     Option(
         "--max-stream-buffered-bytes",
         "unwritten responses held for one stream",
-        32 * MIB,
+        8 * MIB,
         o.integer(1),
-        shown="32 MiB = 33554432",
+        shown="8 MiB = 8388608",
     ),
     Option(
         "--stream-idle-s",
@@ -213,7 +213,7 @@ class ServeSettings:
     max_jpeg_scans: int = 64
     max_frame_id_bytes: int = 256
     max_buffered_bytes: int = 256 * MIB
-    max_stream_buffered_bytes: int = 32 * MIB
+    max_stream_buffered_bytes: int = 8 * MIB
     stream_idle_s: float = 30.0
     intra_op_threads: int = 0
     ort_spinning: bool = False
