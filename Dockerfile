@@ -30,7 +30,7 @@ RUN python3 -m venv /opt/segserve \
     && /opt/segserve/bin/segserve --help > /dev/null
 
 # The shipped model is baked in; mount another over /models (or set SEGSERVE_MODEL) to serve your own.
-COPY models /models
+COPY service/segserve/models /models
 
 RUN useradd --system --uid 10001 --home-dir /var/cache/segserve --create-home segserve \
     && mkdir -p /var/cache/segserve/trt && chown -R segserve /var/cache/segserve

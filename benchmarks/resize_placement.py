@@ -19,8 +19,8 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 from segserve.bench.stats import ratio, summary
-from segserve.config import default_model_path
 from segserve.engine import Engine, EngineConfig
+from segserve.settings import default_model_path
 
 VAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid" / "val" / "images"
 RESULTS = Path(__file__).resolve().parent / "results"

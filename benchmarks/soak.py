@@ -7,7 +7,7 @@ a table and writes JSON to benchmarks/results/soak-<time>.json.
     .venv/bin/python benchmarks/soak.py --streams 8 --frames 2000          # 6 frames/s a stream: ~6 min
     .venv/bin/python benchmarks/soak.py --streams 8 --frames 200 --warmup 50   # a quick look
 
-The model: --model, else the shipped models/segserve-camvid.onnx, else a toy served-contract model
+The model: --model, else the shipped segserve-camvid.onnx (in the package), else a toy served-contract model
 at 360x480 made with tests/modelgen.py. Frames: the CamVid fixture JPEGs in tests/fixtures/camvid.
 """
 
@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO / "service"))
 from segserve._proto.segmentation.v1 import segmentation_pb2 as pb  # noqa: E402
 from segserve._proto.segmentation.v1 import segmentation_pb2_grpc as pb_grpc  # noqa: E402
 
-SHIPPED = REPO / "models" / "segserve-camvid.onnx"
+SHIPPED = REPO / "service" / "segserve" / "models" / "segserve-camvid.onnx"
 RESULTS = REPO / "benchmarks" / "results"
 
 

@@ -14,7 +14,7 @@ from segserve.edge.server import RunningServer
 from servers import start_server
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = ROOT / "models" / "segserve-camvid.onnx"
+MODEL = ROOT / "service" / "segserve" / "models" / "segserve-camvid.onnx"
 FIXTURES = ROOT / "tests" / "fixtures" / "camvid"
 
 

@@ -1,219 +1,143 @@
-"""`segserve serve | segment | info | demo | bench | dataset | train | export | eval`."""
+"""`segserve serve | segment | info | health | demo | bench | dataset | train | export | eval`.
+
+Every flag of serve and of the client commands defaults to a SEGSERVE_* environment variable, read
+only for the command that runs. A mistake ends in one line on stderr: exit code 2 for usage, 1 for
+a runtime failure (``--debug`` anywhere on the line shows the traceback too).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import importlib
 import logging
 import os
+import socket
 import sys
+import traceback
 from pathlib import Path
 
-from segserve import config as cfg
-from segserve import logs
+from segserve import cli_errors, logs
+from segserve import options as o
+from segserve.cli_errors import Fatal
+from segserve.options import Option, Parser, UsageError
+from segserve.settings import (
+    HEALTH_TIMEOUT_OPTION,
+    SERVE_OPTIONS,
+    SERVER_OPTION,
+    TLS_CLIENT_OPTIONS,
+    TOKEN_OPTION,
+    Connection,
+    ServeSettings,
+)
 
 log = logging.getLogger("segserve")
 
 
+# --- serve ----------------------------------------------------------------------------------------------
 def _add_serve(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="run the gRPC segmentation server")
-    opt = cfg.add_env_option
-    opt(
-        p, "--model", str(cfg.default_model_path()), help="ONNX model (served contract, or float NCHW logits)"
+    p = sub.add_parser(
+        "serve",
+        help="run the gRPC segmentation server",
+        description="Run the gRPC segmentation server (health, reflection, optional TLS, token, metrics).",
     )
-    opt(p, "--host", "0.0.0.0", help="address to bind")
-    opt(p, "--port", 50051, int, help="gRPC port (0: a free one, printed at start)")
-    opt(p, "--providers", "auto", help="auto|cpu|cuda|tensorrt (auto: TensorRT > CUDA > CPU, as present)")
-    opt(p, "--max-batch", 8, int, help="largest batch the dynamic batcher forms")
-    opt(p, "--max-delay-ms", 2.0, float, help="longest wait for a batch to fill after its first frame")
-    opt(
-        p,
-        "--max-inflight",
-        32,
-        int,
-        help="frames admitted at once, all callers; unary beyond it: RESOURCE_EXHAUSTED",
-    )
-    opt(p, "--max-streams", 32, int, help="open StreamSegment calls at once")
-    opt(p, "--max-inflight-per-stream", 4, int, help="frames of one stream in flight")
-    opt(p, "--max-frame-bytes", 64 * 1024 * 1024, int, help="largest encoded/raw frame and gRPC message")
-    opt(p, "--max-pixels", 8192 * 8192, int, help="largest frame in pixels")
-    opt(p, "--intra-op-threads", 0, int, help="onnxruntime intra-op threads (0: all cores)")
-    opt(
-        p,
-        "--ort-spinning",
-        False,
-        _flag,
-        nargs="?",
-        const=True,
-        help="let onnxruntime's threads busy-wait between runs (off: leaves the CPU to the other stages)",
-    )
-    opt(
-        p,
-        "--resize-in-graph",
-        False,
-        _flag,
-        nargs="?",
-        const=True,
-        help="resize and convert frames inside the graph, not with OpenCV",
-    )
-    opt(
-        p,
-        "--cuda-graph",
-        False,
-        _flag,
-        nargs="?",
-        const=True,
-        help="capture each batch size as a CUDA graph (CUDA/TensorRT only)",
-    )
-    opt(p, "--trt-cache-dir", None, help="TensorRT engine and timing cache folder, kept across restarts")
-    opt(
-        p,
-        "--mean",
-        None,
-        help="mean per channel for a float model, in its channel order and --input-range units "
-        "(default: metadata or ImageNet)",
-    )
-    opt(p, "--std", None, help="std per channel for a float model, like --mean")
-    opt(p, "--channel-order", None, help="rgb|bgr: the order the model takes (default: metadata, else rgb)")
-    opt(
-        p,
-        "--input-range",
-        None,
-        help="0..1|0..255: the units of --mean/--std (default: metadata, else 0..255)",
-    )
-    opt(p, "--layout", None, help="nchw|nhwc, when the model's input shape leaves it open")
-    opt(p, "--output", None, help="the output that holds the mask, when several could")
-    opt(p, "--labels", None, help="label map: JSON map, list of names (a line each, or JSON), or cityscapes")
-    opt(p, "--input-size", None, help="HxW for a model with a dynamic input size")
-    opt(p, "--grace-s", 10.0, float, help="seconds to answer accepted frames at SIGTERM")
-    opt(p, "--token-file", None, help="file holding the bearer token callers must send (or SEGSERVE_TOKEN)")
-    opt(p, "--tls-cert", None, help="server certificate (PEM); enables TLS")
-    opt(p, "--tls-key", None, help="server private key (PEM)")
-    opt(p, "--tls-client-ca", None, help="CA (PEM) that client certificates must chain to: mutual TLS")
-    opt(p, "--metrics-port", None, int, help="Prometheus /metrics HTTP port (off when unset)")
-    opt(p, "--log-format", "text", help="text|json")
-    opt(p, "--log-level", "info", help="debug|info|warning|error")
+    o.add_options(p, SERVE_OPTIONS)
     p.set_defaults(func=_serve)
 
 
-def _flag(text: str | bool) -> bool:
-    return text if isinstance(text, bool) else text.strip().lower() in ("1", "true", "yes", "on")
-
-
-def _token(args: argparse.Namespace) -> str | None:
-    import os
-
-    if args.token_file:
-        return Path(args.token_file).read_text().strip()
-    return os.environ.get("SEGSERVE_TOKEN") or None
-
-
 def _serve(args: argparse.Namespace) -> int:
-    from segserve.codec import Limits
-    from segserve.edge.server import ServerConfig, TlsConfig, serve_until_signalled
-    from segserve.engine import Engine, EngineConfig
-    from segserve.errors import ModelError
+    from segserve.edge.server import serve_until_signalled
+    from segserve.engine import Engine
 
-    logs.setup(args.log_level, args.log_format)
-    if bool(args.tls_cert) != bool(args.tls_key):
-        log.error("--tls-cert and --tls-key go together")
-        return 2
-    tls = (
-        TlsConfig(
-            Path(args.tls_cert), Path(args.tls_key), Path(args.tls_client_ca) if args.tls_client_ca else None
+    settings = ServeSettings.from_args(args)
+    server_config = settings.server_config()
+    logs.setup(settings.log_level, settings.log_format)
+    _check_free(settings.host, settings.port, "--port")
+    if settings.metrics_port:
+        _check_free(settings.metrics_host, settings.metrics_port, "--metrics-port")
+    engine = Engine(settings.engine_config())
+    engine.warm_up()
+    asyncio.run(
+        serve_until_signalled(
+            engine,
+            server_config,
+            lambda server: print(f"segserve listening on {settings.host}:{server.port}", flush=True),
         )
-        if args.tls_cert
-        else None
     )
-    server_config = ServerConfig(
-        host=args.host,
-        port=args.port,
-        max_message_bytes=args.max_frame_bytes + 1024 * 1024,
-        max_inflight=args.max_inflight,
-        max_streams=args.max_streams,
-        max_inflight_per_stream=args.max_inflight_per_stream,
-        max_batch=args.max_batch,
-        max_delay_ms=args.max_delay_ms,
-        grace_s=args.grace_s,
-        token=_token(args),
-        tls=tls,
-        metrics_port=args.metrics_port,
-        limits=Limits(max_frame_bytes=args.max_frame_bytes, max_pixels=args.max_pixels),
-    )
-    engine_config = EngineConfig(
-        model=Path(args.model),
-        providers=args.providers,
-        intra_op_threads=args.intra_op_threads,
-        spinning=args.ort_spinning,
-        max_batch=args.max_batch,
-        mean=cfg.parse_triple(args.mean),
-        std=cfg.parse_triple(args.std),
-        input_size=cfg.parse_size(args.input_size),
-        resize_in_graph=args.resize_in_graph,
-        cuda_graph=args.cuda_graph,
-        trt_cache_dir=Path(args.trt_cache_dir) if args.trt_cache_dir else None,
-        channel_order=args.channel_order,
-        input_range=args.input_range,
-        layout=args.layout,
-        output=args.output,
-        labels=args.labels,
-    )
-    try:
-        engine = Engine(engine_config)
-        engine.warm_up()
-        asyncio.run(
-            serve_until_signalled(
-                engine,
-                server_config,
-                lambda server: print(f"segserve listening on {args.host}:{server.port}", flush=True),
-            )
-        )
-    except (ModelError, OSError) as exc:
-        log.error("%s", exc)
-        return 1
     # Pool threads may still run work whose callers are gone: exit now, so the grace period is true.
     logging.shutdown()
     sys.stdout.flush()
     os._exit(0)
 
 
+def _check_free(host: str, port: int, flag: str) -> None:
+    """Fail before the model loads when ``host:port`` cannot be bound (in use, or not ours)."""
+    if port == 0:
+        return
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise UsageError(
+            f"cannot resolve host {host!r} ({exc.strerror}): give an address of this machine"
+        ) from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise Fatal(
+                    f"port {port} on {host} is in use (another segserve?): stop it, or pick another "
+                    f"{flag} (0 picks a free one)"
+                ) from None
+            raise Fatal(
+                f"cannot listen on {host}:{port}: {exc.strerror}; check the host and {flag}"
+            ) from None
+
+
+# --- the commands that call a running server -------------------------------------------------------------
 def _add_connection(p: argparse.ArgumentParser, token: bool = True) -> None:
     """--server, --token and the TLS options of the commands that call a running server."""
-    p.add_argument("--server", default=cfg.env_default("--server", "localhost:50051"))
-    if token:
-        p.add_argument("--token", default=cfg.env_default("--token"), help="bearer token")
-    p.add_argument("--tls-ca", default=cfg.env_default("--tls-ca"), help="CA (PEM) of the server: use TLS")
-    p.add_argument("--tls-client-cert", default=cfg.env_default("--tls-client-cert"), help="for mutual TLS")
-    p.add_argument("--tls-client-key", default=cfg.env_default("--tls-client-key"), help="for mutual TLS")
-
-
-def _path(value: str | None) -> Path | None:
-    return Path(value) if value else None
-
-
-def _client_cert(args: argparse.Namespace) -> tuple[Path, Path] | None:
-    if bool(args.tls_client_cert) != bool(args.tls_client_key):
-        raise SystemExit("error: --tls-client-cert and --tls-client-key go together")
-    return (Path(args.tls_client_cert), Path(args.tls_client_key)) if args.tls_client_cert else None
+    o.add_options(p, (SERVER_OPTION, *((TOKEN_OPTION,) if token else ()), *TLS_CLIENT_OPTIONS))
 
 
 def _client(args: argparse.Namespace, **kwargs):
     from segserve.client import SegmenterClient
 
+    conn = Connection.from_args(args)
     return SegmenterClient(
-        args.server,
-        token=args.token,
-        root_certificates=_path(args.tls_ca),
-        client_cert=_client_cert(args),
+        conn.server,
+        token=conn.token,
+        root_certificates=conn.tls_ca,
+        client_cert=conn.client_cert,
         **kwargs,
     )
 
 
 def _add_segment(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("segment", help="segment one image file on a running server")
-    p.add_argument("image", type=Path)
-    p.add_argument("--out", type=Path, default=Path("segment-output"), help="folder for mask, overlay, JSON")
+    p = sub.add_parser(
+        "segment",
+        help="segment one image file on a running server",
+        description="Send one image to a running server; write the mask, the (k,k,k) label PNG, the "
+        "colour PNG, the overlay and a JSON summary to --out.",
+    )
+    p.add_argument("image", type=o.argparse_type(o.existing_file), help="JPEG or PNG file to segment")
+    o.add_options(
+        p,
+        (
+            Option(
+                "--out",
+                "folder for mask, overlay and JSON",
+                Path("segment-output"),
+                o.path,
+                env=None,
+                metavar="DIR",
+            ),
+        ),
+    )
     _add_connection(p)
     p.set_defaults(func=_segment)
 
@@ -222,20 +146,12 @@ def _segment(args: argparse.Namespace) -> int:
     import json
 
     import cv2
-    import grpc
 
     from segserve.labels import mask_to_training_rgb
 
-    if not args.image.is_file():
-        print(f"error: no such image: {args.image}", file=sys.stderr)
-        return 2
     with _client(args, send="jpeg") as client:
-        try:
-            result = client.segment(args.image.read_bytes(), args.image.stem, overlay="png", coverage=True)
-            labels = client.model_info().labels
-        except grpc.RpcError as exc:
-            print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return 1
+        result = client.segment(args.image.read_bytes(), args.image.stem, overlay="png", coverage=True)
+        labels = client.model_info().labels
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.image.stem
     cv2.imwrite(str(args.out / f"{stem}_mask.png"), result.mask)
@@ -255,62 +171,65 @@ def _segment(args: argparse.Namespace) -> int:
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="print a running server's model info")
+    p = sub.add_parser(
+        "info",
+        help="print a running server's model info",
+        description="Print the model "
+        "a running server serves: name, version, input size (WxH), providers, classes.",
+    )
     _add_connection(p)
     p.set_defaults(func=_info)
 
 
 def _info(args: argparse.Namespace) -> int:
-    import grpc
-
     with _client(args) as client:
-        try:
-            info = client.model_info()
-        except grpc.RpcError as exc:
-            print(f"error: {args.server}: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return 1
-    print(
-        f"{info.name}@{info.version} input {info.input_size[0]}x{info.input_size[1]} "
-        f"providers {info.providers}"
-    )
+        info = client.model_info()
+    width, height = info.input_size
+    print(f"{info.name}@{info.version} input {width}x{height} providers {info.providers}")
     for c in info.labels.classes:
         print(f"  {c.id:3d} {c.name:<16} rgb{c.color}")
     return 0
 
 
 def _add_health(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("health", help="exit 0 when a server reports SERVING (for Docker HEALTHCHECK, probes)")
+    p = sub.add_parser(
+        "health",
+        help="exit 0 when a server reports SERVING (for Docker HEALTHCHECK, probes)",
+        description="Ask a server's gRPC health service; exit 0 on SERVING, 1 otherwise.",
+    )
     _add_connection(p, token=False)
-    p.add_argument("--timeout", type=float, default=3.0)
+    o.add_options(p, (HEALTH_TIMEOUT_OPTION,))
     p.set_defaults(func=_health)
 
 
 def _health(args: argparse.Namespace) -> int:
-    import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from segserve.client import open_channel
 
-    with open_channel(args.server, _path(args.tls_ca), _client_cert(args)) as channel:
-        try:
-            response = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=args.timeout
-            )
-        except grpc.RpcError as exc:
-            print(f"{args.server}: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return 1
+    conn = Connection.from_args(args)
+    with open_channel(conn.server, conn.tls_ca, conn.client_cert) as channel:
+        response = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=args.timeout
+        )
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-    print(f"{args.server}: {status}")
+    print(f"{conn.server}: {status}")
     return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
+# --- the parser and the one error handler -----------------------------------------------------------------
 # Sub-commands that live with their own package: (module, function that registers them).
 _PLUGINS = ("segserve.demo.cli", "segserve.bench.cli", "segserve.train.cli", "segserve.inspect_model")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="segserve", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="segserve", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="on failure, print the traceback too (allowed anywhere on the line)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_serve(sub)
     _add_segment(sub)
     _add_info(sub)
@@ -325,11 +244,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    args: argparse.Namespace | None = None
     try:
+        args = o.resolve_env(build_parser().parse_args(argv))
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        return 130
+    except SystemExit:
+        raise
+    except BaseException as exc:  # the one place a failure becomes a message and an exit code
+        if debug:
+            traceback.print_exc()
+        failure = cli_errors.explain(exc, args)
+        print(f"error: {failure.message}", file=sys.stderr)
+        return failure.code
 
 
 if __name__ == "__main__":

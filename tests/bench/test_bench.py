@@ -12,12 +12,14 @@ import onnxruntime as ort
 import pytest
 from frames import jpeg, street_frame
 from segserve.bench.core import extract_float_core
-from segserve.bench.run import REPO, _load_naive
+from segserve.bench.run import _load_naive
 from segserve.cli import main
 from segserve.codec import decode_mask_png
 from segserve.engine import Engine, EngineConfig
 from segserve.graph import prepare_model
 from segserve.types import FrameRequest
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +98,8 @@ def test_quick_run_writes_json_table_and_plots(
             "2",
             "--images",
             str(frames_dir),
-            "--video",
-            str(tmp_path / "no_clip.mp4"),
+            "--naive",
+            str(REPO / "benchmarks" / "naive_pipeline.py"),
             "--out",
             str(tmp_path),
         ]
@@ -136,6 +138,6 @@ def test_quick_run_writes_json_table_and_plots(
 
 
 def test_missing_model_is_one_line(tmp_path: Path, capsys) -> None:
-    assert main(["bench", "--model", str(tmp_path / "none.onnx"), "--out", str(tmp_path)]) == 2
+    code = main(["bench", "--model", str(tmp_path / "none.onnx"), "--images", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "model not found" in err[0]
+    assert code == 2 and len(err) == 1 and "--model: no such file" in err[0] and "none.onnx" in err[0]

@@ -19,19 +19,17 @@ from segserve.bench.frames import load_frame_sets, model_inputs
 from segserve.bench.stats import ratio, summary
 from segserve.demo.errors import DemoError
 
-REPO = Path(__file__).resolve().parents[3]
-
 
 def default_out() -> Path:
-    return REPO / "benchmarks" / "results" if (REPO / "benchmarks").is_dir() else Path("bench-results")
+    return Path("bench-results")
 
 
 @dataclass
 class BenchConfig:
     model: Path
     providers: str = "auto"
-    images: Path = Path("/work/shared/data/camvid/val/images")
-    video: Path | None = REPO / "demo" / "solidWhiteRight.mp4"
+    images: Path | None = None  # required: a folder of real frames
+    video: Path | None = None
     out: Path = Path("bench-results")
     quick: bool = False
     frames: int | None = None  # frames per measurement (default 100, quick 16)
@@ -41,7 +39,7 @@ class BenchConfig:
     gpu: bool = False
     server: str | None = None  # measure an existing server instead of starting one
     intra_op_threads: int = 0
-    naive: Path | None = REPO / "benchmarks" / "naive_pipeline.py"
+    naive: Path | None = None  # the naive reference module (benchmarks/naive_pipeline.py); None: skipped
     tag: str = ""
     quiet: bool = False
 
@@ -126,6 +124,8 @@ def run(cfg: BenchConfig) -> dict:
     from segserve.server import ServerConfig, Service, create_server
 
     say = (lambda *a: None) if cfg.quiet else (lambda *a: print(*a, flush=True))
+    if cfg.images is None:
+        raise DemoError("give --images DIR: a folder of real frames to measure on")
     if not Path(cfg.model).is_file():
         raise DemoError(f"model not found: {cfg.model} (give --model PATH)")
     providers = cfg.providers
@@ -172,6 +172,8 @@ def run(cfg: BenchConfig) -> dict:
     layers["transfers"] = measure.transfers(engine, inputs, [1, max(batch_sizes)], min(n, 40))
 
     naive_module = _load_naive(cfg.naive)
+    if naive_module is None:
+        say("naive reference skipped (give --naive benchmarks/naive_pipeline.py from a clone for ratio (a))")
     try:
         core = extract_float_core(engine_model_proto(engine_config))
         core_session = ort.InferenceSession(

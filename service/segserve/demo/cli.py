@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from segserve import config as cfg
+from segserve import settings as cfg
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

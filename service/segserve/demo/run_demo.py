@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from segserve import config as cfg
+from segserve import settings as cfg
 from segserve.demo.errors import DemoError
 
 REPO = Path(__file__).resolve().parents[3]

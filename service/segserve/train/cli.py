@@ -9,18 +9,55 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
-DEFAULT_MODEL = "models/segserve-camvid.onnx"
-
-
-def _pair(text: str, sep: str = "x") -> tuple[int, int]:
-    a, b = text.lower().split(sep)
-    return int(a), int(b)
+from segserve import options as o
+from segserve.options import Option, Size
+from segserve.settings import SHIPPED_MODEL
 
 
-def _floats(text: str) -> tuple[float, float]:
-    a, b = text.split(",")
-    return float(a), float(b)
+def _scale(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"expected LOW,HIGH, e.g. 0.5,2.0, got {text!r}") from None
+    if not 0 < low <= high:
+        raise ValueError(f"expected 0 < LOW <= HIGH, got {text!r}")
+    return low, high
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"expected a JSON object, e.g. '{{\"head\": 64}}': {exc.msg}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object, e.g. '{{\"head\": 64}}', got {text!r}")
+    return value
+
+
+def _split(text: str) -> Path:
+    """A split folder: images/ and labels/ with the same stems (``segserve dataset check`` says more)."""
+    folder = o.existing_dir(text)
+    for part in ("images", "labels"):
+        if not (folder / part).is_dir():
+            raise ValueError(
+                f"{text} has no {part}/ folder: a split folder holds images/ and labels/ with the same "
+                "stems; segserve dataset convert makes one"
+            )
+    return folder
+
+
+def _training_split(text: str) -> Path:
+    from segserve.train.dataset import LABEL_MAP_NAME, find_label_map
+
+    folder = _split(text)
+    if find_label_map(folder) is None:
+        raise ValueError(
+            f"no {LABEL_MAP_NAME} in {text} or its parent: put the label map (id, name, colour of each "
+            "class) there; segserve dataset convert writes one"
+        )
+    return folder
 
 
 # --- dataset --------------------------------------------------------------------------------------
@@ -49,7 +86,7 @@ def cmd_dataset_convert(args: argparse.Namespace) -> int:
     from segserve.train.dataset import check_split, convert_split
 
     label_map = LabelMap.load(args.classes)
-    size = _pair(args.size) if args.size else None
+    size = (args.size.width, args.size.height) if args.size else None
     stats = convert_split(args.images, args.labels, label_map, args.out, size=size, unmapped=args.unmapped)
     print(f"wrote {stats.written} pairs to {args.out}; {stats.unmapped_pixels} pixels of unmapped colours")
     for s in stats.skipped:
@@ -63,7 +100,7 @@ def cmd_dataset_convert(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from segserve.train.loop import TrainConfig, Trainer
 
-    model = json.loads(args.model_config) if args.model_config else {}
+    model = args.model_config or {}
     cfg = TrainConfig(
         data=args.data,
         val=args.val,
@@ -72,8 +109,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         max_minutes=args.max_minutes,
         max_epochs=args.epochs,
         batch=args.batch,
-        crop=_pair(args.crop),
-        scale=_floats(args.scale),
+        crop=args.crop.hw,
+        scale=args.scale,
         lr=args.lr,
         loss=args.loss,
         class_weight_power=args.class_weight_power,
@@ -93,13 +130,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     report = export_checkpoint(
         args.checkpoint,
-        args.out,
+        args.out or Path(f"{args.name}.onnx"),
         name=args.name,
         version=args.version,
         check_dir=args.check_data,
         calibrate_dir=args.calibrate_on,
     )
-    print(json.dumps(report, indent=1))
+    height, width = report["input_size"]
+    print(json.dumps({**report, "input_size": str(Size(width, height))}, indent=1))
     return 0 if report.get("parity_ok", True) else 1
 
 
@@ -115,77 +153,199 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 # --- registration ---------------------------------------------------------------------------------
+def _opt(flag: str, help: str, default=None, parse=o.text, **kwargs) -> Option:
+    """A train/dataset/export/eval option: no environment variable (they are one-off commands)."""
+    return Option(flag, help, default, parse, env=None, **kwargs)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``dataset {check,convert}``, ``train``, ``export`` and ``eval`` to the main CLI."""
     ds = subparsers.add_parser("dataset", help="check or convert training data")
-    ds_sub = ds.add_subparsers(dest="dataset_command", required=True)
+    ds_sub = ds.add_subparsers(dest="dataset_command", required=True, metavar="COMMAND")
     chk = ds_sub.add_parser("check", help="validate images/ + labels/ (k,k,k) pairs against classes.json")
     chk.add_argument("dirs", nargs="+", metavar="DIR", help="split folder(s) with images/ and labels/")
-    chk.add_argument("--classes", help="label map JSON (default: DIR/classes.json or its parent's)")
+    o.add_options(
+        chk,
+        [
+            _opt(
+                "--classes", "label map JSON", None, o.existing_file, shown="DIR/classes.json or its parent's"
+            )
+        ],
+    )
     chk.set_defaults(func=cmd_dataset_check)
     cv = ds_sub.add_parser("convert", help="colour-coded label images + colour map -> training format")
-    cv.add_argument("--images", required=True, help="folder of frames")
-    cv.add_argument("--labels", required=True, help="folder of colour-coded label images (same stems)")
-    cv.add_argument("--classes", required=True, help="label map JSON whose colours code the labels")
-    cv.add_argument("--out", required=True, help="output split folder")
-    cv.add_argument("--size", help="resize to WxH, e.g. 480x360")
-    cv.add_argument("--unmapped", type=int, default=0, help="class id for unknown colours (default 0)")
+    o.add_options(
+        cv,
+        [
+            _opt("--images", "folder of frames", None, o.existing_dir, required=True, metavar="DIR"),
+            _opt(
+                "--labels",
+                "folder of colour-coded label images with the frames' stems",
+                None,
+                o.existing_dir,
+                required=True,
+                metavar="DIR",
+            ),
+            _opt(
+                "--classes",
+                "label map JSON whose colours code the labels",
+                None,
+                o.existing_file,
+                required=True,
+                metavar="PATH",
+            ),
+            _opt("--out", "output split folder", None, o.path, required=True, metavar="DIR"),
+            _opt(
+                "--size",
+                "resize frames and labels to WxH, e.g. 480x360",
+                None,
+                o.size,
+                shown="keep",
+                metavar="WxH",
+            ),
+            _opt("--unmapped", "class id for colours not in the map", 0, o.integer(0, 255)),
+        ],
+    )
     cv.set_defaults(func=cmd_dataset_convert)
 
     tr = subparsers.add_parser("train", help="train the real-time network (needs the train extra)")
-    tr.add_argument("--data", required=True, help="train split folder")
-    tr.add_argument("--val", help="val split folder (mIoU every --val-every epochs, best kept)")
-    tr.add_argument("--name", default="camvid", help="run name: checkpoints in RUNS_DIR/NAME/")
-    tr.add_argument("--runs-dir", default="runs")
-    tr.add_argument("--max-minutes", type=float, default=75.0, help="time budget; the LR schedule follows it")
-    tr.add_argument("--epochs", type=int, default=10_000, help="epoch budget (whichever ends first)")
-    tr.add_argument("--batch", type=int, default=8)
-    tr.add_argument("--crop", default="288x384", help="training crop HxW")
-    tr.add_argument("--scale", default="0.5,2.0", help="random scale range")
-    tr.add_argument("--lr", type=float, default=4e-3)
-    tr.add_argument("--loss", choices=["ohem", "ce"], default="ohem")
-    tr.add_argument(
-        "--class-weight-power",
-        type=float,
-        default=0.5,
-        help="class weights = (median freq / freq) ** POWER; 0 = unweighted",
+    o.add_options(
+        tr,
+        [
+            _opt(
+                "--data",
+                "train split folder: images/, labels/, classes.json here or in the parent",
+                None,
+                _training_split,
+                required=True,
+                metavar="DIR",
+            ),
+            _opt(
+                "--val",
+                "val split folder: mIoU every --val-every epochs, best kept",
+                None,
+                _split,
+                metavar="DIR",
+            ),
+            _opt("--name", "run name: checkpoints in RUNS_DIR/NAME/", "camvid"),
+            _opt("--runs-dir", "folder for the runs", Path("runs"), o.path, metavar="RUNS_DIR"),
+            _opt(
+                "--max-minutes",
+                "time budget; the learning-rate schedule follows it",
+                75.0,
+                o.number(0, above=True),
+            ),
+            _opt("--epochs", "epoch budget (whichever budget ends first)", 10_000, o.integer(1)),
+            _opt("--batch", "frames per training step", 8, o.integer(1)),
+            _opt("--crop", "training crop WxH", Size(384, 288), o.size, metavar="WxH"),
+            _opt(
+                "--scale",
+                "random scale range LOW,HIGH",
+                (0.5, 2.0),
+                _scale,
+                shown="0.5,2.0",
+                metavar="LOW,HIGH",
+            ),
+            _opt("--lr", "peak learning rate (AdamW)", 4e-3, o.number(0, above=True)),
+            _opt(
+                "--loss",
+                "ohem (online hard-example mining) or ce (cross-entropy)",
+                "ohem",
+                o.choice("ohem", "ce"),
+            ),
+            _opt(
+                "--class-weight-power",
+                "class weights = (median freq / freq) ** POWER; 0 = unweighted",
+                0.5,
+                o.number(0),
+            ),
+            _opt("--val-every", "epochs between val mIoU checks", 2, o.integer(1)),
+            _opt("--seed", "random seed (augmentation, initialisation)", 0, o.integer(0)),
+            _opt("--threads", "torch CPU threads", 2, o.integer(1)),
+            _opt(
+                "--model-config",
+                "JSON object overriding ModelConfig widths, e.g. '{\"head\": 64}'",
+                None,
+                _json_object,
+                shown="the default network",
+                metavar="JSON",
+            ),
+        ],
     )
-    tr.add_argument("--val-every", type=int, default=2, help="epochs between val mIoU checks")
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--threads", type=int, default=2)
-    tr.add_argument("--model-config", help="JSON overrides of ModelConfig widths")
-    tr.add_argument("--resume", action="store_true", help="continue RUNS_DIR/NAME/last.pt")
+    tr.add_argument("--resume", action="store_true", help="continue RUNS_DIR/NAME/last.pt (default: off)")
     tr.set_defaults(func=cmd_train)
 
     ex = subparsers.add_parser("export", help="checkpoint -> served ONNX (uint8 NHWC in, uint8 labels out)")
-    ex.add_argument("--checkpoint", required=True)
-    ex.add_argument("--out", default=DEFAULT_MODEL)
-    ex.add_argument("--name", default="segserve-camvid")
-    ex.add_argument("--version", default="1")
-    ex.add_argument("--check-data", help="split folder of real frames for the torch/ONNX parity check")
-    ex.add_argument(
-        "--calibrate-on",
-        metavar="DIR",
-        help="fit per-class logit offsets on this (training) split and fold them into the model",
+    o.add_options(
+        ex,
+        [
+            _opt(
+                "--checkpoint",
+                "a checkpoint segserve train wrote, e.g. runs/NAME/best.pt",
+                None,
+                o.existing_file,
+                required=True,
+                metavar="PATH",
+            ),
+            _opt(
+                "--out",
+                "ONNX file to write (its .labels.json goes beside it)",
+                None,
+                o.path,
+                shown="NAME.onnx",
+            ),
+            _opt("--name", "model name in the metadata (GetModelInfo)", "segserve-camvid"),
+            _opt("--version", "model version in the metadata", "1"),
+            _opt(
+                "--check-data",
+                "split folder of real frames for the torch/ONNX parity check",
+                None,
+                _split,
+                shown="no check",
+                metavar="DIR",
+            ),
+            _opt(
+                "--calibrate-on",
+                "fit per-class logit offsets on this (training) split and fold them into the model",
+                None,
+                _split,
+                shown="no calibration",
+                metavar="DIR",
+            ),
+        ],
     )
     ex.set_defaults(func=cmd_export)
 
     ev = subparsers.add_parser(
         "eval", help="mIoU, per-class IoU, confusion matrix and pictures of an ONNX model"
     )
-    ev.add_argument("--model", default=DEFAULT_MODEL)
-    ev.add_argument("--data", required=True, help="split folder with images/ and labels/")
-    ev.add_argument("--out", default="eval-output", help="folder for report.json and PNGs")
-    ev.add_argument("--pictures", type=int, default=4, help="side-by-side pictures to write")
-    ev.add_argument("--threads", type=int, default=2)
+    o.add_options(
+        ev,
+        [
+            Option(
+                "--model",
+                "served ONNX model to evaluate",
+                SHIPPED_MODEL,
+                o.existing_file,
+                shown="the shipped segserve-camvid model",
+                metavar="PATH",
+            ),
+            _opt(
+                "--data", "split folder with images/ and labels/", None, _split, required=True, metavar="DIR"
+            ),
+            _opt("--out", "folder for report.json and PNGs", Path("eval-output"), o.path, metavar="DIR"),
+            _opt("--pictures", "side-by-side pictures to write", 4, o.integer(0)),
+            _opt("--threads", "onnxruntime threads", 2, o.integer(1)),
+        ],
+    )
     ev.set_defaults(func=cmd_eval)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Stand-alone entry (``python -m segserve.train.cli``) for when the main CLI is not at hand."""
-    parser = argparse.ArgumentParser(prog="segserve")
+    parser = o.Parser(prog="segserve")
     register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
+    args = o.resolve_env(parser.parse_args(argv))
     return int(args.func(args))
 
 
