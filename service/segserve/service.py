@@ -135,8 +135,8 @@ class Service:
         return result
 
     async def segment(self, request: FrameRequest, method: str = "Segment") -> FrameResult:
-        """One frame for a unary call: admitted at once or refused (RESOURCE_EXHAUSTED)."""
-        self.metrics.requests.labels(method).inc()
+        """One frame for a unary call: admitted at once or refused (RESOURCE_EXHAUSTED). The edge
+        counts the request (it also counts requests it cannot parse)."""
         self._call_started()
         try:
             try:

@@ -114,6 +114,16 @@ def _load_naive(path: Path | None):
     return module
 
 
+class LoopPipeline:
+    """The served pipeline, called from the benchmark's threads through the server's event loop."""
+
+    def __init__(self, running):
+        self._running = running
+
+    def process(self, request):
+        return self._running.call(self._running.service.pipeline.process(request))
+
+
 def run(cfg: BenchConfig) -> dict:
     """Measure everything; returns the results dict (also written to ``cfg.out``)."""
     import onnxruntime as ort
@@ -121,7 +131,8 @@ def run(cfg: BenchConfig) -> dict:
     from segserve.bench.core import extract_float_core
     from segserve.demo.server_process import ServerProcess
     from segserve.engine import EngineConfig, session_options
-    from segserve.server import ServerConfig, Service, create_server
+    from segserve.edge.server import ServerConfig, create_server
+    from segserve.engine import Engine
 
     say = (lambda *a: None) if cfg.quiet else (lambda *a: print(*a, flush=True))
     if cfg.images is None:
@@ -156,8 +167,9 @@ def run(cfg: BenchConfig) -> dict:
         Path(cfg.model), providers=providers, intra_op_threads=cfg.intra_op_threads, max_batch=cfg.max_batch
     )
     server_config = ServerConfig(host="127.0.0.1", port=0, max_batch=cfg.max_batch)
-    service = Service.from_model(engine_config, server_config)
-    engine = service.engine
+    engine = Engine(engine_config)
+    engine.warm_up()
+    local = create_server(engine, server_config)  # the served pipeline, on its own event loop
     meta_model = engine.metadata
     inputs = model_inputs(sets[next(iter(sets))], engine.input_hw)
     results: dict = {"layers": {}}
@@ -190,7 +202,7 @@ def run(cfg: BenchConfig) -> dict:
         core_session = core = None
         layers["float_network"] = {"error": str(exc)}
 
-    pipeline = service.pipeline
+    pipeline = LoopPipeline(local)
     naive = None
     if naive_module is not None and core_session is not None:
         palette = np.zeros((256, 3), np.uint8)
@@ -223,7 +235,6 @@ def run(cfg: BenchConfig) -> dict:
             f"1080p, one frame at a time, interleaved: in-process pipeline, naive reference, "
             f"Segment RPC on {target} ..."
         )
-        local = create_server(service)  # the same Service object, behind gRPC in this process
         _sequential_layers(layers, pipeline, naive, target, f"127.0.0.1:{local.port}", hd.jpegs, n, warm)
         for name, frame_set in sets.items():
             if name != hd.name:
