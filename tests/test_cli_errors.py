@@ -55,7 +55,26 @@ CASES = [
         2,
         ("--input-size", "WxH"),
     ),
-    Case("mean with two numbers", lambda t, p: ["serve", "--mean", "1,2"], 2, ("--mean", "R,G,B")),
+    Case("mean with two numbers", lambda t, p: ["serve", "--mean", "1,2"], 2, ("--mean", "one per channel")),
+    Case(
+        "channel order neither rgb nor bgr",
+        lambda t, p: ["serve", "--channel-order", "grb"],
+        2,
+        ("--channel-order", "rgb, bgr", "'grb'"),
+    ),
+    Case(
+        "bad SEGSERVE_INPUT_RANGE",
+        lambda t, p: ["serve"],
+        2,
+        ("SEGSERVE_INPUT_RANGE", "0..1, 0..255", "unset"),
+        {"SEGSERVE_INPUT_RANGE": "0-100"},
+    ),
+    Case(
+        "inspect with an unknown label map",
+        lambda t, p: ["inspect", str(t / "m.onnx"), "--labels", "kitti"],
+        2,
+        ("--labels", "cityscapes", "'kitti'", "inspect --help"),
+    ),
     Case("port out of range", lambda t, p: ["serve", "--port", "70000"], 2, ("--port", "0..65535")),
     Case(
         "bad SEGSERVE_PORT",

@@ -72,6 +72,48 @@ def test_flags_reach_the_configs() -> None:
     assert server.metrics_host == "0.0.0.0" and server.stream_idle_s == 5.0
 
 
+def test_model_flags_reach_the_engine_config(tmp_path: Path) -> None:
+    labels = tmp_path / "names.txt"
+    labels.write_text("road\ncar\n")
+    s = settings(
+        "--channel-order", "BGR", "--input-range", "0..1", "--layout", "nhwc", "--output", "logits",
+        "--labels", str(labels),
+    )  # fmt: skip
+    engine = s.engine_config()
+    assert (engine.channel_order, engine.input_range, engine.layout) == ("bgr", "0..1", "nhwc")
+    assert engine.output == "logits" and engine.labels == str(labels)
+    assert settings("--labels", "Cityscapes").engine_config().labels == "cityscapes"
+    assert engine.model_options().channel_order == "bgr"  # what the model reader gets
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (("--channel-order", "rbg"), ("--channel-order", "rgb, bgr")),
+        (("--input-range", "0..100"), ("--input-range", "0..1, 0..255")),
+        (("--layout", "hwc"), ("--layout", "nchw, nhwc")),
+        (("--labels", "no-such-map"), ("--labels", "label-map file or one of cityscapes")),
+    ],
+)
+def test_bad_model_flags(argv: tuple[str, ...], words: tuple[str, ...]) -> None:
+    with pytest.raises(UsageError) as refused:
+        settings(*argv)
+    assert all(word in str(refused.value) for word in words), refused.value
+
+
+def test_model_flag_help_says_default_variable_and_units() -> None:
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for command in ("serve", "inspect"):
+        by_flag = {
+            a.option_strings[0]: a.help for a in commands.choices[command]._actions if a.option_strings
+        }
+        for flag in ("--channel-order", "--input-range", "--layout", "--output", "--labels"):
+            env = "SEGSERVE_" + flag[2:].replace("-", "_").upper()
+            assert "default:" in by_flag[flag] and f"env {env}" in by_flag[flag], (command, flag)
+        for flag in ("--mean", "--std"):
+            assert "per channel, in the model's channel order and --input-range units" in by_flag[flag]
+
+
 def test_environment_fills_what_the_flags_leave(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SEGSERVE_PORT", "6000")
     monkeypatch.setenv("SEGSERVE_ORT_SPINNING", "on")

@@ -17,6 +17,7 @@ import socket
 import sys
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from segserve import cli_errors, logs
 from segserve import options as o
@@ -31,6 +32,9 @@ from segserve.settings import (
     Connection,
     ServeSettings,
 )
+
+if TYPE_CHECKING:
+    from segserve.client import ModelInfo
 
 log = logging.getLogger("segserve")
 
@@ -174,8 +178,8 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "info",
         help="print a running server's model info",
-        description="Print the model "
-        "a running server serves: name, version, input size (WxH), providers, classes.",
+        description="Print the model a running server serves: name, version, input size (WxH), "
+        "providers, channel order, input range and normalisation, the mask's output, classes.",
     )
     _add_connection(p)
     p.set_defaults(func=_info)
@@ -186,9 +190,24 @@ def _info(args: argparse.Namespace) -> int:
         info = client.model_info()
     width, height = info.input_size
     print(f"{info.name}@{info.version} input {width}x{height} providers {info.providers}")
+    if info.channel_order:  # a server too old to say leaves the model's form out
+        print(f"  {_form_line(info)}")
     for c in info.labels.classes:
         print(f"  {c.id:3d} {c.name:<16} rgb{c.color}")
     return 0
+
+
+def _form_line(info: ModelInfo) -> str:
+    """The model's form as the server read it: what a caller needs to know about its pixels."""
+    batch = f"static batch {info.static_batch}" if info.static_batch else "dynamic batch"
+    read = f"{info.input_layout.upper()} {info.input_type}, {batch}, channels {info.channel_order.upper()}"
+    if info.input_range:
+        mean = ",".join(f"{v:g}" for v in info.mean)
+        std = ",".join(f"{v:g}" for v in info.std)
+        read += f", input range {info.input_range}, mean {mean}, std {std}"
+    else:
+        read += ", input range: uint8 pixels, the model normalises them"
+    return f"{read}; mask from {info.output_name!r} ({info.output_kind}); labels: {info.label_source}"
 
 
 def _add_health(sub: argparse._SubParsersAction) -> None:

@@ -67,6 +67,18 @@ class ModelInfo:
     max_batch: int
     dynamic_batch: bool
     sha256: str
+    # The model's form as the server read it ("", 0 or () where a server too old to say leaves them).
+    wrapped: bool = False
+    channel_order: str = ""  # rgb|bgr
+    input_range: str = ""  # 0..1|0..255; "" also for a uint8 input the model normalises itself
+    input_layout: str = ""
+    input_type: str = ""
+    static_batch: int | None = None  # None: dynamic
+    output_name: str = ""
+    output_kind: str = ""
+    label_source: str = ""
+    mean: tuple[float, ...] = ()  # per channel, in channel_order and input_range units
+    std: tuple[float, ...] = ()
 
 
 def is_loopback(target: str) -> bool:
@@ -233,6 +245,17 @@ class SegmenterClient:
             max_batch=info.max_batch,
             dynamic_batch=info.dynamic_batch,
             sha256=info.sha256,
+            wrapped=info.wrapped,
+            channel_order=info.channel_order,
+            input_range=info.input_range,
+            input_layout=info.input_layout,
+            input_type=info.input_type,
+            static_batch=info.static_batch or None,
+            output_name=info.output_name,
+            output_kind=info.output_kind,
+            label_source=info.label_source,
+            mean=tuple(info.mean),
+            std=tuple(info.std),
         )
         return self._info
 

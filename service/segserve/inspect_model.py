@@ -2,7 +2,8 @@
 
 Prints the inputs and outputs found, the layout, channel order, input range, mean and std with where
 each value came from, the batch limits and the label map's source; then runs the model once on a
-frame. Exits 1 with the reason, never a traceback, when the model cannot be served.
+frame. Exits 1 with the reason, never a traceback, when the model cannot be served; a bad flag value
+is a one-line usage error (exit 2), as for ``serve``, whose option definitions these are.
 """
 
 from __future__ import annotations
@@ -13,25 +14,16 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from segserve import config as cfg
+from segserve import options as o
+from segserve.options import Option
+from segserve.settings import MODEL_OPTIONS, ServeSettings
 
-
-def add_model_options(p: argparse.ArgumentParser) -> None:
-    """The flags that say how to read a model (the same names and SEGSERVE_* variables as serve)."""
-    opt = cfg.add_env_option
-    opt(p, "--providers", "auto", help="auto|cpu|cuda|tensorrt")
-    opt(p, "--max-batch", 8, int, help="largest batch the dynamic batcher forms")
-    opt(p, "--input-size", None, help="HxW for a model with a dynamic input size")
-    opt(p, "--channel-order", None, help="rgb|bgr: the channel order the model takes [metadata, else rgb]")
-    opt(p, "--input-range", None, help="0..1|0..255: the units of the model's --mean/--std [else 0..255]")
-    opt(p, "--mean", None, help="mean per channel, in the model's channel order and range units")
-    opt(p, "--std", None, help="std per channel, like --mean")
-    opt(p, "--layout", None, help="nchw|nhwc, when the input's shape leaves it open")
-    opt(p, "--output", None, help="the output that holds the mask, when several could")
-    opt(p, "--labels", None, help="label map: JSON map, list of names (a line each, or JSON), or cityscapes")
+if TYPE_CHECKING:
+    from segserve.engine import EngineConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,27 +33,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=__doc__,
     )
     p.add_argument("model", type=Path, help="ONNX model file")
-    add_model_options(p)
-    p.add_argument("--frame", type=Path, default=None, help="image to run once (default: a synthetic frame)")
-    p.set_defaults(func=run)
-
-
-def engine_config(args: argparse.Namespace):
-    from segserve.engine import EngineConfig
-
-    return EngineConfig(
-        model=Path(args.model),
-        providers=args.providers,
-        max_batch=args.max_batch,
-        mean=cfg.parse_triple(args.mean),
-        std=cfg.parse_triple(args.std),
-        input_size=cfg.parse_size(args.input_size),
-        channel_order=args.channel_order,
-        input_range=args.input_range,
-        layout=args.layout,
-        output=args.output,
-        labels=args.labels,
+    o.add_options(p, MODEL_OPTIONS)  # serve's own definitions: same names, variables and checks
+    frame = Option(
+        "--frame",
+        "image to run once",
+        None,
+        o.existing_file,
+        env=None,
+        shown="a synthetic frame",
+        metavar="PATH",
     )
+    o.add_options(p, (frame,))
+    p.set_defaults(func=run)
 
 
 def _frame(path: Path | None, height: int, width: int) -> tuple[np.ndarray, str]:
@@ -82,14 +65,13 @@ def _frame(path: Path | None, height: int, width: int) -> tuple[np.ndarray, str]
     return frame, f"synthetic {width}x{height}"
 
 
-def _inspect(args: argparse.Namespace) -> int:
+def _inspect(args: argparse.Namespace, config: EngineConfig) -> int:
     import cv2
 
     from segserve.engine import Engine
     from segserve.graph import prepare_model
     from segserve.modelform import describe
 
-    config = engine_config(args)
     data = Path(args.model).read_bytes() if Path(args.model).is_file() else b""
     prepared = prepare_model(config.model, options=config.model_options())
     form = prepared.form
@@ -100,7 +82,7 @@ def _inspect(args: argparse.Namespace) -> int:
         print(line)
     engine = Engine(config, prepared)
     static = form.input.static_batch
-    limit = min(args.max_batch, engine.max_batch)
+    limit = min(config.max_batch, engine.max_batch)
     if static:
         batching = f"static {static}: batches of up to {limit}" + (
             f", padded to {static}" if static > 1 else ""
@@ -137,10 +119,12 @@ def run(args: argparse.Namespace) -> int:
     from segserve.errors import ModelError
     from segserve.labels import LabelMapError
 
+    # A bad flag value is a usage error (exit 2, raised before the model is read), as it is for serve.
+    config = ServeSettings.for_model(args.model, args).engine_config()
     logging.getLogger("segserve").setLevel(logging.ERROR)  # inspect prints the same facts itself
     try:
-        return _inspect(args)
-    except (ModelError, LabelMapError, argparse.ArgumentTypeError, OSError) as exc:
+        return _inspect(args, config)
+    except (ModelError, LabelMapError, OSError) as exc:
         print(f"cannot serve {args.model}: {exc}", file=sys.stderr)
     except Exception as exc:  # onnxruntime's own errors at the first run, and anything unforeseen
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

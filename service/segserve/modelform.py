@@ -98,7 +98,7 @@ class TensorSpec:
 class InputForm:
     spec: TensorSpec
     layout: Sourced[str]
-    size: Sourced[tuple[int, int]]  # (height, width)
+    size: Sourced[tuple[int, int]]  # (height, width); shown WxH
     static_batch: int | None  # None: the batch dimension is dynamic
     channel_order: Sourced[str]
     input_range: Sourced[str] | None  # None: uint8 input, the model normalises inside its graph
@@ -304,7 +304,7 @@ def _input(model: onnx.ModelProto, options: ModelOptions, meta: dict[str, str]) 
         for dim, wanted, what in zip(dims, options.input_size, ("height", "width"), strict=True):
             if _static(dim) and dim != wanted:
                 raise ModelError(
-                    f"--input-size {options.input_size[0]}x{options.input_size[1]} disagrees with the "
+                    f"--input-size {options.input_size[1]}x{options.input_size[0]} disagrees with the "
                     f"model's static input {what} {dim} (input {spec}): drop --input-size"
                 )
         size = Sourced(options.input_size, "flag --input-size")
@@ -312,7 +312,7 @@ def _input(model: onnx.ModelProto, options: ModelOptions, meta: dict[str, str]) 
         size = Sourced((int(dims[0]), int(dims[1])), "model shape")  # type: ignore[arg-type]
     else:
         raise ModelError(
-            f"the input size of {spec} is dynamic: give the size to serve at with --input-size HxW"
+            f"the input size of {spec} is dynamic: give the size to serve at with --input-size WxH"
         )
     order = _channel_order(options, meta)
     if spec.elem_type == TensorProto.UINT8:
@@ -350,7 +350,7 @@ def _aspect_ok(size: tuple[int | str | None, int | str | None], height: int, wid
 def read_output(spec: TensorSpec, layout: str, height: int, width: int) -> OutputForm:
     """How one output could serve as the mask, or why it cannot (kind None)."""
     shape, rank = spec.shape, len(spec.shape)
-    hw = f"{height}x{width}"
+    wxh = f"{width}x{height}"
     if spec.elem_type in INTEGERS:
         if rank == 3:
             axis, size = None, (shape[1], shape[2])
@@ -365,8 +365,8 @@ def read_output(spec: TensorSpec, layout: str, height: int, width: int) -> Outpu
                 "integer, but class ids are [N, H, W] or [N, 1, H, W] (quantised scores are not served)",
             )
         if not _aspect_ok(size, height, width):
-            return OutputForm(spec, None, f"integer, but {size[0]}x{size[1]} is not the input's {hw} shape")
-        how = "at the input size" if size == (height, width) else f"resized (nearest) to {hw}"
+            return OutputForm(spec, None, f"integer, but {size[1]}x{size[0]} is not the input's {wxh} shape")
+        how = "at the input size" if size == (height, width) else f"resized (nearest) to {wxh}"
         return OutputForm(spec, IDS, f"class ids, {how}", axis, None, size)
     if spec.elem_type in FLOATS:
         if rank != 4:
@@ -378,7 +378,7 @@ def read_output(spec: TensorSpec, layout: str, height: int, width: int) -> Outpu
             readings.reverse()
         fits = [(axis, size) for axis, size in readings if _aspect_ok(size, height, width)]
         if not fits:
-            return OutputForm(spec, None, f"float, but neither layout has the input's {hw} shape")
+            return OutputForm(spec, None, f"float, but neither layout has the input's {wxh} shape")
         axis, size = fits[0]
         classes = shape[axis]
         if classes == 1:
@@ -392,7 +392,7 @@ def read_output(spec: TensorSpec, layout: str, height: int, width: int) -> Outpu
             return OutputForm(spec, None, f"{classes} classes; served class ids are uint8 (at most 256)")
         c_text = f"{classes} classes" if _static(classes) else "classes unknown until run"
         layout_text = "NCHW" if axis == 1 else "NHWC"
-        how = "at the input size" if size == (height, width) else f"resized (linear) to {hw} before argmax"
+        how = "at the input size" if size == (height, width) else f"resized (linear) to {wxh} before argmax"
         return OutputForm(
             spec,
             SCORES,
@@ -505,7 +505,7 @@ def describe(form: ModelForm) -> list[str]:
     lines = [
         f"input    {inp.spec}",
         f"  layout         {inp.layout.value.upper():<24} ({inp.layout.source})",
-        f"  size           {f'{h}x{w}':<24} ({inp.size.source})",
+        f"  size           {f'{w}x{h}':<24} ({inp.size.source})",
         "  batch          "
         + (f"static {inp.static_batch}" if inp.static_batch else "dynamic").ljust(24)
         + " (model shape)",

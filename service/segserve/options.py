@@ -99,13 +99,13 @@ def port(text: str) -> int:
 
 
 def triple(text: str) -> tuple[float, float, float]:
-    """'R,G,B' or 'R G B' -> three floats."""
+    """'A,B,C' or 'A B C' -> three floats (one per channel)."""
     try:
         values = tuple(float(v) for v in text.replace(",", " ").split())
     except ValueError:
         values = ()
     if len(values) != 3 or not all(math.isfinite(v) for v in values):
-        raise ValueError(f"expected three numbers R,G,B (0..255), e.g. 123.7,116.3,103.5, got {text!r}")
+        raise ValueError(f"expected three numbers, one per channel, e.g. 123.7,116.3,103.5, got {text!r}")
     return values  # type: ignore[return-value]
 
 

@@ -49,6 +49,91 @@ def _server_types():
     return ServerConfig, TlsConfig
 
 
+def label_spec(text: str) -> str:
+    """A label-map file, or a built-in map's name (checked here; its content is read with the model)."""
+    from segserve.labels import BUILT_IN
+
+    if text.strip().lower() in BUILT_IN:
+        return text.strip().lower()
+    if Path(text).expanduser().is_file():
+        return str(Path(text).expanduser())
+    raise ValueError(f"expected a label-map file or one of {', '.join(sorted(BUILT_IN))}, got {text!r}")
+
+
+MODEL_OPTIONS: tuple[Option, ...] = (
+    Option(
+        "--providers",
+        "auto|cpu|cuda|tensorrt, or a comma list (auto: TensorRT > CUDA > CPU, as present)",
+        "auto",
+    ),
+    Option("--max-batch", "largest batch the dynamic batcher forms (engine and batcher)", 8, o.integer(1)),
+    Option(
+        "--input-size",
+        "WxH input size for a model whose size is dynamic",
+        None,
+        o.size,
+        shown="the model's",
+        metavar="WxH",
+    ),
+    Option(
+        "--channel-order",
+        "channel order the model takes",
+        None,
+        o.choice("rgb", "bgr"),
+        shown="the model's metadata, else rgb",
+        metavar="rgb|bgr",
+    ),
+    Option(
+        "--input-range",
+        "units of a float input (and of --mean/--std)",
+        None,
+        o.choice("0..1", "0..255"),
+        shown="the model's metadata, else 0..255",
+        metavar="0..1|0..255",
+    ),
+    Option(
+        "--mean",
+        "mean per channel, in the model's channel order and --input-range units",
+        None,
+        o.triple,
+        shown="the model's metadata, else ImageNet's",
+        metavar="C1,C2,C3",
+    ),
+    Option(
+        "--std",
+        "standard deviation per channel, in the model's channel order and --input-range units",
+        None,
+        o.triple,
+        shown="the model's metadata, else ImageNet's",
+        metavar="C1,C2,C3",
+    ),
+    Option(
+        "--layout",
+        "input layout, when the input's shape leaves it open",
+        None,
+        o.choice("nchw", "nhwc"),
+        shown="the model's metadata, else its input shape",
+        metavar="nchw|nhwc",
+    ),
+    Option(
+        "--output",
+        "the output that holds the mask, when several could",
+        None,
+        shown="the model's metadata, else the only mask-like output",
+        metavar="NAME",
+    ),
+    Option(
+        "--labels",
+        "label map: a JSON map, a list of names (a line each, or JSON), or a built-in name",
+        None,
+        label_spec,
+        shown="beside the model (.labels.json), else its metadata, else class_N",
+        metavar="FILE|cityscapes",
+    ),
+)
+"""How to read a model: ``serve`` and ``inspect`` take these same flags, validated the same way."""
+
+
 SERVE_OPTIONS: tuple[Option, ...] = (
     Option(
         "--model",
@@ -60,12 +145,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     ),
     Option("--host", "address to bind", "0.0.0.0"),
     Option("--port", "gRPC port; 0 picks a free one, printed at start", 50051, o.port),
-    Option(
-        "--providers",
-        "auto|cpu|cuda|tensorrt, or a comma list (auto: TensorRT > CUDA > CPU, as present)",
-        "auto",
-    ),
-    Option("--max-batch", "largest batch the dynamic batcher forms (engine and batcher)", 8, o.integer(1)),
+    *MODEL_OPTIONS,
     Option("--max-delay-ms", "longest wait for a batch to fill after its first frame", 2.0, o.number(0)),
     Option(
         "--max-inflight",
@@ -133,30 +213,6 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         shown="~/.cache/segserve/trt",
         metavar="DIR",
     ),
-    Option(
-        "--mean",
-        "R,G,B mean (0..255) for wrapping a float model",
-        None,
-        o.triple,
-        shown="the model's metadata, else ImageNet's",
-        metavar="R,G,B",
-    ),
-    Option(
-        "--std",
-        "R,G,B standard deviation (0..255) for wrapping a float model",
-        None,
-        o.triple,
-        shown="the model's metadata, else ImageNet's",
-        metavar="R,G,B",
-    ),
-    Option(
-        "--input-size",
-        "WxH input size for a model whose size is dynamic",
-        None,
-        o.size,
-        shown="the model's",
-        metavar="WxH",
-    ),
     Option("--grace-s", "seconds to answer accepted frames at SIGTERM", 10.0, o.number(0)),
     Option(
         "--token-file",
@@ -223,6 +279,11 @@ class ServeSettings:
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
     input_size: Size | None = None
+    channel_order: str | None = None
+    input_range: str | None = None
+    layout: str | None = None
+    output: str | None = None
+    labels: str | None = None
     grace_s: float = 10.0
     token_file: Path | None = None
     tls_cert: Path | None = None
@@ -258,6 +319,11 @@ class ServeSettings:
         """From parsed ``serve`` arguments (after ``options.resolve_env``)."""
         return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
 
+    @classmethod
+    def for_model(cls, model: Path, args: argparse.Namespace) -> ServeSettings:
+        """What ``serve --model MODEL`` would use, from parsed arguments holding only MODEL_OPTIONS."""
+        return cls(model=model, **{opt.dest: getattr(args, opt.dest) for opt in MODEL_OPTIONS})
+
     def token(self) -> str | None:
         """The token callers must send: the --token-file's content, else SEGSERVE_TOKEN."""
         if self.token_file is not None:
@@ -282,6 +348,11 @@ class ServeSettings:
             resize_in_graph=self.resize_in_graph,
             cuda_graph=self.cuda_graph,
             trt_cache_dir=self.trt_cache_dir,
+            channel_order=self.channel_order,
+            input_range=self.input_range,
+            layout=self.layout,
+            output=self.output,
+            labels=self.labels,
         )
 
     def server_config(self):

@@ -130,7 +130,7 @@ def test_inputs_that_are_not_images_are_explained_with_what_was_found() -> None:
 
 def test_dynamic_size_needs_input_size_and_a_static_one_must_agree() -> None:
     dynamic = _model([_input(["N", 3, "H", "W"])], [_output("y", ["N", 5, "H", "W"])])
-    with pytest.raises(ModelError, match="give the size to serve at with --input-size HxW"):
+    with pytest.raises(ModelError, match="give the size to serve at with --input-size WxH"):
         analyse(dynamic)
     assert analyse(dynamic, ModelOptions(input_size=(32, 40))).input.size.source == "flag --input-size"
     with pytest.raises(ModelError, match="disagrees with the model's static input height 48"):

@@ -12,7 +12,11 @@ import numpy as np
 import onnx
 import pytest
 from modelgen import byo_model
-from segserve.cli import main
+from segserve import options as o
+from segserve.cli import build_parser, main
+from segserve.cli_errors import explain
+from segserve.options import UsageError
+from segserve.settings import ServeSettings
 
 
 def _save(model: onnx.ModelProto, folder: Path, name: str = "m.onnx") -> Path:
@@ -60,7 +64,6 @@ def test_inspect_of_a_static_batch_ids_model_on_a_given_frame(tmp_path: Path, ca
         ),
         (byo_model(), ["--output", "aux"], "names 'aux', which the model does not output"),
         (byo_model(), ["--mean", "0.5,0.5,0.5"], "give --input-range 0..1"),
-        (byo_model(), ["--labels", "nope"], "neither a file nor a built-in map"),
         (byo_model(), ["--input-size", "10x10"], "disagrees with the model's static input height 48"),
     ],
 )
@@ -71,11 +74,69 @@ def test_inspect_exits_1_with_the_reason(tmp_path: Path, capsys, model, flags, r
     assert err.startswith(f"cannot serve {path}: ") and reason in err
 
 
+def test_inspect_of_a_malformed_label_map_exits_1(tmp_path: Path, capsys) -> None:
+    path = _save(byo_model(), tmp_path)
+    labels = tmp_path / "labels.json"
+    labels.write_text("{not json")
+    assert main(["inspect", str(path), "--labels", str(labels)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"cannot serve {path}: ") and "is not valid JSON" in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--labels", "nope"], ("--labels", "label-map file or one of cityscapes", "'nope'")),
+        (["--channel-order", "rbg"], ("--channel-order", "rgb, bgr", "'rbg'")),
+        (["--input-range", "0..100"], ("--input-range", "0..1, 0..255")),
+        (["--layout", "chw"], ("--layout", "nchw, nhwc")),
+        (["--mean", "1,2"], ("--mean", "three numbers")),
+        (["--std", "1,0,1"], ("--std must be above 0",)),
+        (["--input-size", "48"], ("--input-size", "WxH")),
+        (["--max-batch", "0"], ("--max-batch", "at least 1")),
+    ],
+)
+def test_bad_model_flags_are_one_line_usage_errors_as_for_serve(
+    tmp_path: Path, capsys, flags: list[str], words: tuple[str, ...]
+) -> None:
+    """inspect takes serve's own option definitions, so the same values fail the same way."""
+    path = _save(byo_model(), tmp_path)
+    assert main(["inspect", str(path), *flags]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert all(word in lines[0] for word in words), lines[0]
+    # serve's settings (parsed as main does, without starting a server) refuse them with the same words
+    with pytest.raises(UsageError) as refused:
+        ServeSettings.from_args(o.resolve_env(build_parser().parse_args(["serve", *flags])))
+    failure = explain(refused.value)
+    assert failure.code == 2 and all(word in failure.message for word in words), failure.message
+
+
+def test_inspect_reads_the_model_flags_from_serves_variables(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _save(byo_model(), tmp_path)
+    monkeypatch.setenv("SEGSERVE_CHANNEL_ORDER", "bgr")
+    monkeypatch.setenv("SEGSERVE_INPUT_RANGE", "0..1")
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "BGR" in out and "(flag --channel-order)" in out and "(flag --input-range)" in out
+    monkeypatch.setenv("SEGSERVE_LAYOUT", "sideways")
+    assert main(["inspect", str(path)]) == 2
+    assert "SEGSERVE_LAYOUT='sideways'" in capsys.readouterr().err
+
+
 def test_inspect_never_shows_a_traceback(tmp_path: Path) -> None:
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a model")
-    for args in ([str(junk)], [str(tmp_path / "missing.onnx")], [str(junk), "--mean", "1,2"]):
+    for args, code in (
+        ([str(junk)], 1),
+        ([str(tmp_path / "missing.onnx")], 1),
+        ([str(junk), "--mean", "1,2"], 2),
+    ):
         run = subprocess.run(
             [sys.executable, "-m", "segserve", "inspect", *args], capture_output=True, text=True, timeout=120
         )
-        assert run.returncode == 1 and "cannot serve" in run.stderr and "Traceback" not in run.stderr
+        assert run.returncode == code and "Traceback" not in run.stderr, run.stderr
+        assert len(run.stderr.strip().splitlines()) == 1
+        assert ("cannot serve" if code == 1 else "error: ") in run.stderr

@@ -168,4 +168,14 @@ def model_info_to_proto(
         dynamic_batch=metadata.dynamic_batch,
         sha256=sha256,
         wrapped=metadata.wrapped,
+        channel_order=metadata.channel_order,
+        input_range=metadata.input_range or "",  # "": a uint8 input the model normalises itself
+        input_layout=metadata.input_layout,
+        input_type=metadata.input_type,
+        static_batch=metadata.static_batch or 0,
+        output_name=metadata.output_name,
+        output_kind=metadata.output_kind,
+        label_source=metadata.label_source,
+        mean=list(metadata.mean),
+        std=list(metadata.std),
     )
