@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from segserve.edge.oip_model import triton_version
 from segserve.edge.oip_stats import InferStats
 from segserve.edge.oip_tensors import (
     Wanted,
@@ -145,3 +146,14 @@ def test_statistics_count_requests_frames_and_engine_runs():
     assert (msg.inference_count, msg.execution_count) == (3, 2)
     runs = {b.batch_size: (b.compute_infer.count, b.compute_infer.ns) for b in msg.batch_stats}
     assert runs == {1: (1, 6_000), 2: (1, 10_000)}
+
+
+def test_versions_are_whole_numbers_as_perf_analyzer_parses_them():
+    assert [triton_version(v) for v in ("2", "007", "", "v2", "2024-05-01", "²")] == [
+        "2",
+        "7",
+        "1",
+        "1",
+        "1",
+        "1",
+    ]

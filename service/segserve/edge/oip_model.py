@@ -22,10 +22,17 @@ PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"
 
 
+def triton_version(version: str) -> str:
+    """Triton's versions are whole numbers, and perf_analyzer parses them (``std::stoll``): the served
+    version when it is one, else "1"."""
+    return str(int(version)) if version.isdigit() and version.isascii() else "1"
+
+
 @dataclass(frozen=True)
 class ModelDescription:
     name: str
-    version: str
+    version: str  # as Triton clients see it (``triton_version``)
+    served_version: str  # the model's own (GetModelInfo's), also accepted in requests
     height: int
     width: int
     class_ids: tuple[int, ...]
@@ -40,7 +47,8 @@ class ModelDescription:
     ) -> ModelDescription:
         return cls(
             name=metadata.name,
-            version=metadata.version,
+            version=triton_version(metadata.version),
+            served_version=metadata.version,
             height=metadata.input_height,
             width=metadata.input_width,
             class_ids=tuple(c.id for c in metadata.labels.classes),
@@ -52,7 +60,7 @@ class ModelDescription:
 
     def matches(self, name: str, version: str) -> bool:
         """Triton's addressing: the model's name, and no version or the served one."""
-        return name == self.name and version in ("", self.version)
+        return name == self.name and version in ("", self.version, self.served_version)
 
     def _tensors(self) -> tuple[list[tuple[str, str, list[int]]], list[tuple[str, str, list[int]]]]:
         """(name, KServe datatype, dims without the batch) of the inputs and the outputs."""

@@ -54,12 +54,6 @@ class Wanted:
     overlay: bool = False
     coverage: bool = False
 
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(
-            n for n, on in zip(OUTPUTS, (self.labels, self.overlay, self.coverage), strict=True) if on
-        )
-
 
 # --- BYTES tensors ------------------------------------------------------------------------------------
 def serialize_bytes(elements: Sequence[bytes]) -> bytes:
