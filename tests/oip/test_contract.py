@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
+import shutil
+import subprocess
 import threading
 
 import cv2
@@ -20,6 +22,7 @@ from frames import jpeg, png, street_frame
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from oiputil import MAX_BATCH, MODEL_HW, MODEL_NAME, segment_mask
+from segserve.edge.server import TlsConfig
 from servers import start_server
 from tritonclient.utils import InferenceServerException
 
@@ -346,6 +349,27 @@ def test_token_is_required_like_on_segmentation_v1(oip_model):
                 MODEL_NAME, [image_input(JPEG_1080)], headers={"authorization": "Bearer oip-t0ken"}
             )
             assert result.as_numpy("labels").shape == (1, H, W)
+    finally:
+        running.drain_and_stop(1.0)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI to make a certificate")
+def test_tls_like_on_segmentation_v1(oip_model, tmp_path):
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", "server.key", "-out", "server.crt", "-days", "2", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        cwd=tmp_path, check=True, capture_output=True,
+    )  # fmt: skip
+    tls = TlsConfig(tmp_path / "server.crt", tmp_path / "server.key")
+    running = start_server(oip_model, tls=tls)
+    try:
+        url = f"localhost:{running.port}"
+        with tc.InferenceServerClient(url, ssl=True, root_certificates=str(tmp_path / "server.crt")) as c:
+            assert c.infer(MODEL_NAME, [image_input(JPEG_1080)]).as_numpy("labels").shape == (1, H, W)
+        with tc.InferenceServerClient(url) as plain, pytest.raises(InferenceServerException) as err:
+            plain.infer(MODEL_NAME, [image_input(JPEG_1080)], client_timeout=30)
+        assert status_of(err.value) == "UNAVAILABLE"
     finally:
         running.drain_and_stop(1.0)
 
