@@ -407,13 +407,15 @@ def model_infer_requests(model: str, jpegs: Sequence[bytes], frames: int) -> lis
     return out
 
 
-def _latencies(work: Callable[[int], int], threads: int, frames: int) -> tuple[list[float], list[int], float]:
-    """``threads`` callers share ``frames`` calls of ``work(i)`` (returns the batch size): (latencies ms,
-    batch sizes, wall seconds)."""
+def _mixed(calls: dict[str, Callable[[int], int]], threads: int, frames: int) -> tuple[dict, dict, float]:
+    """``threads`` callers share ``frames`` calls, alternating between the methods of ``calls`` (each
+    returns the frame's batch size), so both run under the very same load at the same time: (latencies
+    ms per method, batch sizes per method, wall seconds)."""
+    names = list(calls)
     counter = iter(range(frames))
     lock = threading.Lock()
-    latencies: list[float] = []
-    batches: list[int] = []
+    latencies: dict[str, list[float]] = {n: [] for n in names}
+    batches: dict[str, list[int]] = {n: [] for n in names}
     start = threading.Barrier(threads + 1)
 
     def worker() -> None:
@@ -423,12 +425,13 @@ def _latencies(work: Callable[[int], int], threads: int, frames: int) -> tuple[l
                 i = next(counter, None)
             if i is None:
                 return
+            name = names[i % len(names)]
             t0 = time.perf_counter()
-            batch = work(i)
+            batch = calls[name](i // len(names))
             t1 = time.perf_counter()
             with lock:
-                latencies.append(_ms(t0, t1))
-                batches.append(batch)
+                latencies[name].append(_ms(t0, t1))
+                batches[name].append(batch)
 
     pool = [threading.Thread(target=worker) for _ in range(threads)]
     for t in pool:
@@ -450,8 +453,9 @@ def model_infer_vs_segment(
 ) -> dict:
     """``ModelInfer`` and ``Segment`` (same frames, same outputs), each on a channel of its own, taking
     turns so that a background load hits both alike: one caller alternates call by call (the order
-    swapped every frame); several callers alternate in rounds of ``2 x callers`` frames. Per caller
-    count: each method's summary and ``p50_ratio`` = ModelInfer p50 / Segment p50."""
+    swapped every frame); ``k`` callers each alternate between the two, so ``k`` frames are always in
+    flight, half of each kind. Per caller count: each method's summary (``frames`` calls each) and
+    ``p50_ratio`` = ModelInfer p50 / Segment p50; with several callers ``fps`` is both together."""
     from tritonclient.grpc import service_pb2_grpc as oip_grpc
 
     oip_reqs = model_infer_requests(model, jpegs, len(jpegs))
@@ -478,33 +482,23 @@ def model_infer_vs_segment(
             for i in range(warmup):
                 fn(i)
         for k in callers:
-            latencies: dict[str, list[float]] = {n: [] for n in calls}
-            batches: dict[str, list[int]] = {n: [] for n in calls}
-            walls = dict.fromkeys(calls, 0.0)
             if k == 1:
+                latencies: dict[str, list[float]] = {n: [] for n in calls}
+                batches: dict[str, list[int]] = {n: [] for n in calls}
+                wall = 0.0
                 for i in range(frames):
                     for name in sorted(calls, reverse=bool(i % 2)):
                         t0 = time.perf_counter()
                         batches[name].append(calls[name](i))
                         t1 = time.perf_counter()
                         latencies[name].append(_ms(t0, t1))
-                        walls[name] += t1 - t0
+                        wall += t1 - t0
             else:
-                for r in range(max(2, frames // (2 * k))):
-                    for name in sorted(calls, reverse=bool(r % 2)):
-                        lat, sizes, wall = _latencies(calls[name], k, 2 * k)
-                        latencies[name] += lat
-                        batches[name] += sizes
-                        walls[name] += wall
+                latencies, batches, wall = _mixed(calls, k, 2 * frames)
             row: dict = {}
             for name, lat in latencies.items():
                 s = summary(lat)
-                s.update(
-                    concurrency=k,
-                    per_frame_cost_ms=round(walls[name] * 1000 / len(lat), 3),
-                    fps=round(len(lat) / walls[name], 1),
-                    batch_sizes=histogram(batches[name]),
-                )
+                s.update(concurrency=k, fps=round(2 * frames / wall, 1), batch_sizes=histogram(batches[name]))
                 row[name] = s
             seg_p50, oip_p50 = row["segment"]["p50"], row["model_infer"]["p50"]
             row["p50_ratio"] = round(oip_p50 / seg_p50, 3) if seg_p50 else None
