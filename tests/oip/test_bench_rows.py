@@ -1,5 +1,5 @@
-"""The bench's ModelInfer rows, run briefly against a real server: both methods answer every frame with
-the same outputs (the same number of calls each), and the acceptance entry is derived from their p50s (no timing is asserted)."""
+"""The bench's ModelInfer rows, run briefly against a real server: both methods answer the same number
+of frames with the same outputs, and the acceptance entry comes from their p50s (no timing asserted)."""
 
 from __future__ import annotations
 

@@ -424,7 +424,7 @@ def model_infer_acceptance(layers: dict) -> dict:
             "pass": value is not None and value <= 1.10,
             "definition": "p50 of ModelInfer (tritonclient's request: IMAGE JPEG in, labels + overlay "
             "out) / p50 of Segment with the same outputs (raw mask at the model's size + JPEG overlay), "
-            f"{k} caller(s) on one channel per method, the two taking turns",
+            f"{k} caller(s), each alternating between the two (one channel per method)",
         }
     return out
 
