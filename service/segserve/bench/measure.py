@@ -375,3 +375,132 @@ def interleaved(
                 fn(i)
                 times[name].append(_ms(t0, time.perf_counter()))
     return times
+
+
+# --- the Open Inference Protocol (ModelInfer) against Segment with the same outputs -------------------
+# ModelInfer answers class ids at the model's size (raw) and, here, the JPEG overlay: the Segment request
+# that does the very same work asks for a raw mask at the model's size and the same overlay.
+SEGMENT_LIKE_MODEL_INFER = pb.OutputOptions(
+    mask=pb.MASK_ENCODING_RAW,
+    mask_resolution=pb.MASK_RESOLUTION_MODEL,
+    overlay=pb.OVERLAY_ENCODING_JPEG,
+    overlay_alpha=0.5,
+    overlay_jpeg_quality=85,
+)
+
+
+def model_infer_requests(model: str, jpegs: Sequence[bytes], frames: int) -> list:
+    """``ModelInferRequest``s as ``tritonclient`` builds them: one JPEG in ``IMAGE`` (raw contents),
+    ``labels`` and ``overlay`` asked for."""
+    from tritonclient.grpc import service_pb2 as oip
+
+    from segserve.edge.oip_tensors import serialize_bytes
+
+    out = []
+    for i in range(frames):
+        request = oip.ModelInferRequest(model_name=model, id=str(i))
+        request.inputs.add(name="IMAGE", datatype="BYTES", shape=[1, 1])
+        request.raw_input_contents.append(serialize_bytes([jpegs[i % len(jpegs)]]))
+        request.outputs.add(name="labels")
+        request.outputs.add(name="overlay")
+        out.append(request)
+    return out
+
+
+def _mixed(calls: dict[str, Callable[[int], int]], threads: int, frames: int) -> tuple[dict, dict, float]:
+    """``threads`` callers share ``frames`` calls, alternating between the methods of ``calls`` (each
+    returns the frame's batch size), so both run under the very same load at the same time: (latencies
+    ms per method, batch sizes per method, wall seconds)."""
+    names = list(calls)
+    counter = iter(range(frames))
+    lock = threading.Lock()
+    latencies: dict[str, list[float]] = {n: [] for n in names}
+    batches: dict[str, list[int]] = {n: [] for n in names}
+    start = threading.Barrier(threads + 1)
+
+    def worker() -> None:
+        start.wait()
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            name = names[i % len(names)]
+            t0 = time.perf_counter()
+            batch = calls[name](i // len(names))
+            t1 = time.perf_counter()
+            with lock:
+                latencies[name].append(_ms(t0, t1))
+                batches[name].append(batch)
+
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in pool:
+        t.join()
+    return latencies, batches, time.perf_counter() - t0
+
+
+def model_infer_vs_segment(
+    target: str,
+    model: str,
+    jpegs: Sequence[bytes],
+    frames: int,
+    warmup: int,
+    callers: Sequence[int] = (1, 8),
+) -> dict:
+    """``ModelInfer`` and ``Segment`` (same frames, same outputs), each on a channel of its own, taking
+    turns so that a background load hits both alike: one caller alternates call by call (the order
+    swapped every frame); ``k`` callers each alternate between the two, so ``k`` frames are always in
+    flight, half of each kind. Per caller count: each method's summary (``frames`` calls each) and
+    ``p50_ratio`` = ModelInfer p50 / Segment p50; with several callers ``fps`` is both together."""
+    from tritonclient.grpc import service_pb2_grpc as oip_grpc
+
+    oip_reqs = model_infer_requests(model, jpegs, len(jpegs))
+    seg_reqs = [
+        pb.SegmentRequest(frame_id=str(i), encoded=j, outputs=SEGMENT_LIKE_MODEL_INFER)
+        for i, j in enumerate(jpegs)
+    ]
+    out: dict = {
+        "workload": "1080p JPEG in; class ids at the model's size (raw) and a JPEG overlay (q85) out",
+    }
+    with (
+        grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as seg_channel,
+        grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as oip_channel,
+    ):
+        segment = pb_grpc.SegmenterStub(seg_channel).Segment
+        infer = oip_grpc.GRPCInferenceServiceStub(oip_channel).ModelInfer
+        calls = {
+            "segment": lambda i: segment(seg_reqs[i % len(seg_reqs)], timeout=60).timing.batch_size,
+            "model_infer": lambda i: (
+                infer(oip_reqs[i % len(oip_reqs)], timeout=60).parameters["batch_size"].int64_param
+            ),
+        }
+        for fn in calls.values():
+            for i in range(warmup):
+                fn(i)
+        for k in callers:
+            if k == 1:
+                latencies: dict[str, list[float]] = {n: [] for n in calls}
+                batches: dict[str, list[int]] = {n: [] for n in calls}
+                wall = 0.0
+                for i in range(frames):
+                    for name in sorted(calls, reverse=bool(i % 2)):
+                        t0 = time.perf_counter()
+                        batches[name].append(calls[name](i))
+                        t1 = time.perf_counter()
+                        latencies[name].append(_ms(t0, t1))
+                        wall += t1 - t0
+            else:
+                latencies, batches, wall = _mixed(calls, k, 2 * frames)
+            row: dict = {}
+            for name, lat in latencies.items():
+                s = summary(lat)
+                s.update(concurrency=k, fps=round(2 * frames / wall, 1), batch_sizes=histogram(batches[name]))
+                row[name] = s
+            seg_p50, oip_p50 = row["segment"]["p50"], row["model_infer"]["p50"]
+            row["p50_ratio"] = round(oip_p50 / seg_p50, 3) if seg_p50 else None
+            out[str(k)] = row
+    return out

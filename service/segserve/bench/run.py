@@ -251,6 +251,8 @@ def run(cfg: BenchConfig) -> dict:
                 target, hd.jpegs, k, n, warm
             )
             layers["stream"][str(k)] = measure.stream_segment(target, hd.jpegs, k, n, cfg.stream_window)
+        say("1 and 8 callers: ModelInfer (Open Inference Protocol) and Segment with the same outputs ...")
+        layers["model_infer"] = measure.model_infer_vs_segment(target, meta_model.name, hd.jpegs, n, warm)
     finally:
         if server is not None:
             server.stop()
@@ -416,7 +418,26 @@ def ratios(layers: dict) -> tuple[dict, dict]:
         "definition": "wall time / frames with 4 StreamSegment streams (1 frame in flight each) vs 4 threads "
         "calling Pipeline.process",
     }
+    acceptance.update(model_infer_acceptance(layers))
     return out, acceptance
+
+
+def model_infer_acceptance(layers: dict) -> dict:
+    """ModelInfer's p50 over Segment's (same frames, same outputs, same run), per caller count."""
+    out = {}
+    for k, row in layers.get("model_infer", {}).items():
+        if not isinstance(row, dict) or "p50_ratio" not in row:
+            continue
+        value = row["p50_ratio"]
+        out[f"d_model_infer_over_segment_p50_{k}_callers"] = {
+            "value": value,
+            "target": "<= 1.10",
+            "pass": value is not None and value <= 1.10,
+            "definition": "p50 of ModelInfer (tritonclient's request: IMAGE JPEG in, labels + overlay "
+            "out) / p50 of Segment with the same outputs (raw mask at the model's size + JPEG overlay), "
+            f"{k} caller(s), each alternating between the two (one channel per method)",
+        }
+    return out
 
 
 # --- output ----------------------------------------------------------------------------------------
@@ -469,6 +490,24 @@ def table(results: dict) -> str:
         lines.append(_row(f"Segment RPC, 1080p, {k} threads", s, bare, _hist(s)))
     for k, s in layers.get("stream", {}).items():
         lines.append(_row(f"StreamSegment, 1080p, {k} streams", s, bare, _hist(s)))
+    for k, row in layers.get("model_infer", {}).items():
+        if isinstance(row, dict) and "model_infer" in row:
+            lines.append(
+                _row(
+                    f"Segment, ModelInfer's outputs, 1080p, {k} callers",
+                    row["segment"],
+                    bare,
+                    _hist(row["segment"]),
+                )
+            )
+            lines.append(
+                _row(
+                    f"ModelInfer (OIP), 1080p, {k} callers",
+                    row["model_infer"],
+                    bare,
+                    _hist(row["model_infer"]),
+                )
+            )
     lines.append("")
     for key, a in results["acceptance"].items():
         mark = "PASS" if a["pass"] else "FAIL"

@@ -23,6 +23,7 @@ from segserve.codec import Limits
 from segserve.edge import convert
 from segserve.edge.auth import TokenAuthInterceptor, server_credentials
 from segserve.edge.metrics_http import MetricsListener, serve_metrics
+from segserve.edge.oip import install as install_oip
 from segserve.edge.segmentation import SERVICE_NAME, SegmenterServicer, add_servicer
 from segserve.engine import Engine
 from segserve.metrics import Metrics
@@ -79,7 +80,7 @@ class ServerConfig:
 
 # Extra front doors (the Open Inference Protocol) register here: (service, server) -> service names.
 EdgeInstaller = Callable[[Service, grpc.aio.Server], tuple[str, ...]]
-EXTRA_EDGES: list[EdgeInstaller] = []
+EXTRA_EDGES: list[EdgeInstaller] = [install_oip]
 
 
 @dataclass
