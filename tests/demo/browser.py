@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 _LISTENING = re.compile(r"DevTools listening on (ws://\S+)")
@@ -28,6 +29,12 @@ _LISTENING = re.compile(r"DevTools listening on (ws://\S+)")
 
 def chromium_path() -> str | None:
     return next((p for p in map(shutil.which, CANDIDATES) if p), None)
+
+
+requires_chromium = pytest.mark.skipif(
+    chromium_path() is None,
+    reason="chromium is not installed: apt-get install chromium (.ci/run installs it when it can)",
+)
 
 
 class Page:

@@ -206,8 +206,11 @@ def _stream(
     records: list[FrameRecord] = []
     writer = None
     if headless:
-        options.out.mkdir(parents=True, exist_ok=True)
-        writer = VideoWriter(options.out / "demo.mp4", fps, source.size)
+        try:
+            options.out.mkdir(parents=True, exist_ok=True)
+            writer = VideoWriter(options.out / "demo.mp4", fps, source.size)
+        except OSError as exc:
+            raise DemoError(f"cannot write the video into {options.out}: {exc}") from None
     if web is not None:
         log(f"live view on {web.url}" + (" (waiting for a browser to connect)" if options.web_wait else ""))
         if options.web_wait:

@@ -1,9 +1,10 @@
 """The headless demo's video: H.264 in MP4 (or VP9 in WebM), written through PyAV, so browsers play it.
 
 OpenCV's writer in opencv-python wheels can only make MPEG-4 Part 2 (``mp4v``), which no browser
-plays. PyAV's wheels bundle FFmpeg with libx264 and libvpx: H.264 High profile, yuv420p (the only
-chroma layout every browser decodes) and ``+faststart`` (the index before the data, so playback
-starts before the whole file has arrived).
+plays. PyAV's wheels bundle FFmpeg with libx264 and libvpx: H.264 (x264's ``ultrafast`` preset: the
+demo encodes on the machine whose latency it measures, so the encoder must stay cheap, about as
+cheap as ``mp4v`` was), yuv420p (the only chroma layout every browser decodes) and ``+faststart``
+(the index before the data, so playback starts before the whole file has arrived).
 """
 
 from __future__ import annotations
@@ -21,19 +22,18 @@ ENCODERS: tuple[tuple[str, str, dict[str, str]], ...] = (
     ("libx264", ".mp4", {"preset": "ultrafast", "crf": "23"}),
     ("libopenh264", ".mp4", {}),
     ("libvpx-vp9", ".webm", {"crf": "32", "b": "0", "deadline": "realtime", "cpu-used": "8"}),
-    ("libsvtav1", ".mp4", {"preset": "10"}),
-)
+)  # no AV1: its CPU encoders cost several times H.264's at the same speed setting
 # What the container probe accepts as browser-playable: container format -> codecs.
 BROWSER_PLAYABLE = {"mp4": {"h264", "vp9", "av1"}, "webm": {"vp8", "vp9", "av1"}}
 
 
-def pick_encoder() -> tuple[str, str, dict[str, str]]:
-    """The first of ``ENCODERS`` this FFmpeg build has; OSError when none (a PyAV built without them)."""
+def pick_encoder(name: str | None = None) -> tuple[str, str, dict[str, str]]:
+    """``name``'s entry, or the first of ``ENCODERS`` this FFmpeg build has; OSError when none is there."""
     available = av.codecs_available
     for entry in ENCODERS:
-        if entry[0] in available:
+        if entry[0] in available and name in (None, entry[0]):
             return entry
-    names = ", ".join(e[0] for e in ENCODERS)
+    names = name or ", ".join(e[0] for e in ENCODERS)
     raise OSError(f"PyAV's FFmpeg has none of the browser-playable encoders ({names}); reinstall `av`")
 
 
@@ -49,14 +49,17 @@ class VideoWriter:
     even width and height, so an odd size loses its last row or column.
     """
 
-    def __init__(self, path: Path, fps: float, frame_size: tuple[int, int]):
-        self.codec, suffix, options = pick_encoder()
+    def __init__(self, path: Path, fps: float, frame_size: tuple[int, int], encoder: str | None = None):
+        self.codec, suffix, options = pick_encoder(encoder)
         self.path = path.with_suffix(suffix)
         width, height = frame_size
         self.half = (width - width % 2, height - height % 2)
         self.size = (self.half[0] * 2, self.half[1])
         movflags = {"movflags": "+faststart"} if suffix == ".mp4" else {}
-        self.container = av.open(str(self.path), mode="w", options=movflags)
+        try:
+            self.container = av.open(str(self.path), mode="w", options=movflags)
+        except av.FFmpegError as exc:
+            raise OSError(f"cannot write {self.path}: {exc}") from None
         try:
             self.stream = self.container.add_stream(self.codec, rate=_rate(fps), options=options)
         except Exception:
@@ -93,7 +96,7 @@ class VideoWriter:
 @dataclass(frozen=True)
 class VideoInfo:
     container: str  # FFmpeg's demuxer names, e.g. "mov,mp4,m4a,3gp,3g2,mj2" or "matroska,webm"
-    codec: str  # "h264", "vp9", ...
+    codec: str  # the format's name ("h264", "vp9"), whichever decoder read it
     pix_fmt: str
     width: int
     height: int
@@ -135,7 +138,7 @@ def probe(path: Path) -> VideoInfo:
         frames = sum(1 for _ in container.decode(stream))
         return VideoInfo(
             container=container.format.name,
-            codec=stream.codec_context.name,
+            codec=stream.codec_context.codec.canonical_name,  # "av1", not the decoder "libdav1d"
             pix_fmt=stream.codec_context.pix_fmt or "",
             width=stream.codec_context.width,
             height=stream.codec_context.height,

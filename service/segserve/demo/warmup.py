@@ -5,10 +5,12 @@ frames also fill the connection's windows and the executors' threads; a file sou
 time then needs a few frames to drain the backlog that spike made. Averaged together with steady
 state, those frames make p95/p99 meaningless for a run of a few hundred frames.
 
-The rule (``RULE``): warm-up ends at the first answered frame from which ``RUN`` consecutive
-latencies all lie within ``FACTOR`` x the median latency of the run's second half (the steady
-reference, which warm-up cannot reach), plus ``SLACK_MS`` so a very fast run is not split on jitter;
-never more than half the answered frames. A run that starts steady has no warm-up frames.
+The rule (``RULE``): the bound is ``FACTOR`` x the median latency of the run's second half (the
+steady reference, which warm-up cannot reach) plus ``SLACK_MS``, so a very fast run is not split on
+jitter. Warm-up ends at the first answered frame that is within the bound and from which at least
+``RUN - 1`` of ``RUN`` consecutive frames are: one dip inside the warm-up does not end it, one spike
+early in a steady run does not start one. Never more than half the answered frames; a run that
+starts steady has no warm-up frames.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ RUN = 5
 FACTOR = 1.5
 SLACK_MS = 2.0
 RULE = (
-    f"warm-up ends at the first frame from which {RUN} consecutive latencies are all within "
-    f"{FACTOR}x the median of the run's second half (+{SLACK_MS:g} ms); at most half the frames"
+    f"warm-up ends at the first frame within {FACTOR}x the median latency of the run's second half "
+    f"(+{SLACK_MS:g} ms) from which at least {RUN - 1} of {RUN} consecutive frames are; at most half "
+    "the frames"
 )
 
 
@@ -35,6 +38,6 @@ def warmup_frames(latencies_ms: Sequence[float]) -> int:
     bound = FACTOR * float(np.median(values[n // 2 :])) + SLACK_MS
     settled = values <= bound
     for start in range(n // 2 + 1):
-        if settled[start : start + RUN].all():
+        if settled[start] and settled[start : start + RUN].sum() >= RUN - 1:
             return start
     return n // 2

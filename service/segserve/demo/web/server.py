@@ -131,7 +131,7 @@ class WebView:
         app.router.add_get("/snapshot.jpg", self._snapshot)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
         loop.run_until_complete(self._runner.setup())
-        loop.run_until_complete(web.SockSite(self._runner, sock, shutdown_timeout=2.0).start())
+        loop.run_until_complete(web.SockSite(self._runner, sock).start())
         ready.set()
         try:
             loop.run_forever()
