@@ -102,6 +102,27 @@ def test_live_page_ends_with_the_video(target: str, clip: Path, tmp_path: Path) 
     assert (tmp_path / "demo.mp4").is_file()  # with --headless the files are written too
 
 
+@requires_chromium
+def test_a_closed_tab_does_not_disturb_the_stream(target: str, long_clip: Path) -> None:
+    """A browser that vanishes mid-stream (killed, not closed politely) costs no traceback; the next
+    viewer gets frames as before."""
+    demo = _demo("--source", str(long_clip), "--server", target)
+    url = demo.wait_line(r"live view on (http://\S+)").group(1)
+
+    async def view() -> bool:
+        async with chromium() as page:
+            await page.goto(url)
+            return bool(await page.wait_for(f"{SHOWN} >= 3"))
+
+    assert asyncio.run(view())  # the context kills Chromium: its socket dies mid-stream
+    assert asyncio.run(view())
+    demo.process.send_signal(signal.SIGINT)
+    code, out, err = demo.finish()
+    assert code == 0, err
+    assert "Traceback" not in err and "exception" not in err.lower(), err
+    assert "frames ok" in out
+
+
 def test_port_in_use_is_one_line(target: str, clip: Path, tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import sys
 import threading
 from importlib import resources
 
@@ -69,7 +70,6 @@ class WebView:
         self.hello = {"type": "hello", **(hello or {})}
         self.url = ""
         self.viewer_joined = threading.Event()  # set by the first viewer
-        self.frames_sent = 0  # frame messages sent, all viewers together (for tests and the log)
         self._files = {
             route: ((resources.files(__package__) / "static" / name).read_bytes(), ctype)
             for route, (name, ctype) in _STATIC.items()
@@ -160,14 +160,15 @@ class WebView:
             return web.Response(status=503, text=f"at most {MAX_VIEWERS} viewers\n")
         if self._closing:
             return web.Response(status=503, text="the stream is over\n")
-        ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=4096)
+        # No permessage-deflate: JPEGs do not shrink, and deflating them would cost the CPU we measure.
+        ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=4096, compress=False)
         await ws.prepare(request)
         wake = asyncio.Event()
         self._viewers[ws] = wake
         self.viewer_joined.set()
         sender = asyncio.create_task(self._send_frames(ws, wake))
         self._senders.add(sender)
-        sender.add_done_callback(self._senders.discard)
+        sender.add_done_callback(self._sender_done)
         try:
             async for _ in ws:  # the page sends nothing; this notices its close
                 pass
@@ -175,6 +176,12 @@ class WebView:
             sender.cancel()
             self._viewers.pop(ws, None)
         return ws
+
+    def _sender_done(self, task: asyncio.Task) -> None:
+        """Forget a finished sender; a viewer's failure is that viewer's, never a logged traceback."""
+        self._senders.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            print(f"web view: a viewer was dropped: {exc!r}", file=sys.stderr)
 
     async def _send_frames(self, ws: web.WebSocketResponse, wake: asyncio.Event) -> None:
         seen = 0
@@ -193,9 +200,11 @@ class WebView:
                 seen, message, jpeg = self._latest
                 await asyncio.wait_for(ws.send_str(message), SEND_TIMEOUT_S)
                 await asyncio.wait_for(ws.send_bytes(jpeg), SEND_TIMEOUT_S)
-                self.frames_sent += 1
-        except (asyncio.TimeoutError, ConnectionError):
-            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"too slow")
+        except asyncio.TimeoutError:
+            with contextlib.suppress(Exception):
+                await ws.close(code=WSCloseCode.GOING_AWAY, message=b"too slow")
+        except ConnectionError:
+            pass  # the viewer went away (tab closed, network gone): nothing to tell it
 
     async def _shutdown(self, summary: str) -> None:
         self._closing = True
