@@ -27,6 +27,7 @@ from segserve.demo.errors import DemoError
 from segserve.demo.web import MAX_VIEWERS
 
 SEND_TIMEOUT_S = 10.0  # a viewer that takes longer than this for one frame is disconnected
+KEEPALIVE_S = 15.0
 _STATIC = {
     "/": ("index.html", "text/html"),
     "/app.js": ("app.js", "text/javascript"),
@@ -129,7 +130,10 @@ class WebView:
             app.router.add_get(route, self._static)
         app.router.add_get("/ws", self._websocket)
         app.router.add_get("/snapshot.jpg", self._snapshot)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+        # Idle keep-alive connections (the page's own requests) are closed after KEEPALIVE_S.
+        self._runner = web.AppRunner(
+            app, access_log=None, shutdown_timeout=2.0, keepalive_timeout=KEEPALIVE_S
+        )
         loop.run_until_complete(self._runner.setup())
         loop.run_until_complete(web.SockSite(self._runner, sock).start())
         ready.set()
