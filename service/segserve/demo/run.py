@@ -204,6 +204,10 @@ def _stream(
     sender = Sender(client, source, options, pacer, policy)
     stats = RollingStats()
     records: list[FrameRecord] = []
+    if web is not None:
+        log(f"live view on {web.url}" + (" (waiting for a browser to connect)" if options.web_wait else ""))
+        if options.web_wait:
+            web.wait_viewer()
     writer = None
     if headless:
         try:
@@ -211,10 +215,6 @@ def _stream(
             writer = VideoWriter(options.out / "demo.mp4", fps, source.size)
         except OSError as exc:
             raise DemoError(f"cannot write the video into {options.out}: {exc}") from None
-    if web is not None:
-        log(f"live view on {web.url}" + (" (waiting for a browser to connect)" if options.web_wait else ""))
-        if options.web_wait:
-            web.wait_viewer()
     metadata = (("authorization", f"Bearer {options.token}"),) if options.token else None
     log(
         f"streaming {source.name} ({source.size[0]}x{source.size[1]}, {fps:.0f} fps, "
