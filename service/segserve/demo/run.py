@@ -123,6 +123,8 @@ class Sender:
                 self.pending[frame_id] = (frame, _now_us())
                 self.sent += 1
                 yield msg
+        except GeneratorExit:  # grpc closed the iterator: the call was cancelled (Ctrl-C, end)
+            raise
         except BaseException as exc:  # reported by the main thread; grpc would only log it
             self.error = exc
 
@@ -148,7 +150,7 @@ def _start_web(options: DemoOptions, source: FrameSource, info: ModelInfo) -> We
     from segserve.demo.web.server import WebView
 
     hello = {
-        "source": source.name,
+        "source": Path(source.name).name or source.name,  # the file's name, not where it lives
         "model": f"{info.name}@{info.version}",
         "providers": ", ".join(info.providers),
         "input_size": list(info.input_size),
@@ -275,7 +277,7 @@ def _stream(
             writer.close()
     if sender.error is not None and not isinstance(sender.error, KeyboardInterrupt):
         failed = True
-        print(f"error: reading {source.name}: {sender.error}", file=sys.stderr)
+        print(f"error: reading {source.name}: {sender.error or type(sender.error).__name__}", file=sys.stderr)
     meta = {
         "source": source.name,
         "server": options.server,
