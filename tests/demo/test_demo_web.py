@@ -123,6 +123,15 @@ def test_a_closed_tab_does_not_disturb_the_stream(target: str, long_clip: Path) 
     assert "frames ok" in out
 
 
+def test_ctrl_c_while_waiting_for_a_viewer(target: str, clip: Path, tmp_path: Path) -> None:
+    demo = _demo("--source", str(clip), "--server", target, "--headless", "--out", str(tmp_path))
+    demo.wait_line(r"waiting for a browser")
+    demo.process.send_signal(signal.SIGINT)
+    code, out, err = demo.finish()
+    assert code == 130 and "Traceback" not in err, err
+    assert "streaming" not in out and not (tmp_path / "demo.mp4").exists()
+
+
 def test_port_in_use_is_one_line(target: str, clip: Path, tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
