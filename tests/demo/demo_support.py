@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import queue
+import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -36,3 +40,52 @@ def run_module(module: str, *args: str, timeout: float = 60) -> subprocess.Compl
 
 def segserve(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return run_module("segserve", *args, timeout=timeout)
+
+
+class DemoProcess:
+    """``python -m module args`` in the background, its stdout read line by line on a thread."""
+
+    def __init__(self, module: str, *args: str):
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": SRC},
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def wait_line(self, pattern: str, timeout: float = 120.0) -> re.Match:
+        """The first stdout line matching ``pattern``; AssertionError if the process ends or time runs out."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no line matching {pattern!r} in {timeout} s: {self.seen}") from None
+            if line is None:
+                raise AssertionError(f"exited before {pattern!r}: {self.seen} {self.process.stderr.read()}")
+            self.seen.append(line)
+            if match := re.search(pattern, line):
+                return match
+
+    def finish(self, timeout: float = 60.0) -> tuple[int, str, str]:
+        """Wait for the exit: (code, all stdout, stderr)."""
+        try:
+            code = self.process.wait(timeout)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
+        err = self.process.stderr.read() if self.process.stderr else ""
+        while (line := self.lines.get(timeout=timeout)) is not None:
+            self.seen.append(line)
+        return code, "".join(self.seen), err

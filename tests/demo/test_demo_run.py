@@ -14,15 +14,13 @@ from pathlib import Path
 import cv2
 from demo_support import LONG_CLIP_FRAMES, SRC, segserve
 from segserve.cli import main
+from segserve.demo.video import probe
 
 
 def _video_frames(path: Path) -> int:
-    capture = cv2.VideoCapture(str(path))
-    count = 0
-    while capture.read()[0]:
-        count += 1
-    capture.release()
-    return count
+    info = probe(path)
+    assert info.browser_playable, info
+    return info.frames
 
 
 def _rows(path: Path) -> list[dict]:
@@ -60,9 +58,17 @@ def test_headless_video_source(target: str, clip: Path, tmp_path: Path, capsys) 
         assert int(r["capture_us"]) <= int(r["send_us"]) <= int(r["receive_us"])
         assert int(r["batch_size"]) >= 1 and int(r["inference_us"]) > 0 and int(r["server_total_us"]) > 0
     assert _is_png(tmp_path / "demo_latency.png")
-    summary = json.loads((tmp_path / "demo_summary.json").read_text())["summary"]
+    report = json.loads((tmp_path / "demo_summary.json").read_text())
+    summary = report["summary"]
     assert summary["frames"] == 24 and summary["ok"] == 24
-    assert "frames ok" in capsys.readouterr().out
+    assert summary["warmup"]["frames"] + summary["steady"]["frames"] == 24
+    assert summary["steady"]["latency_ms"]["p50"] > 0 and "warm-up ends" in summary["warmup_rule"]
+    machine = report["machine"]
+    assert machine["cpu_count"] >= 1 and len(machine["loadavg_start"]) == 3
+    assert machine["process_cpu_percent"]["client"] > 0
+    assert report["providers"] and report["video"]["codec"] == "libx264"
+    out = capsys.readouterr().out
+    assert "frames ok" in out and "steady state" in out and "machine:" in out
 
 
 def test_realtime_pacing(target: str, clip: Path, tmp_path: Path) -> None:
@@ -170,6 +176,8 @@ def test_run_demo_starts_and_stops_its_server(toy_model: Path, clip: Path, tmp_p
     assert len(_rows(tmp_path / "demo_frames.csv")) == 24
     assert _video_frames(tmp_path / "demo.mp4") == 24
     assert (tmp_path / "server.log").is_file()
+    machine = json.loads((tmp_path / "demo_summary.json").read_text())["machine"]
+    assert set(machine["process_cpu_percent"]) == {"client", "server"}  # the server it started, too
 
 
 def test_demo_help_lists_the_options() -> None:

@@ -14,8 +14,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "demo",
         help="stream a webcam, video or image folder to a server and show or record the overlay",
         description="Stream frames to a running server over StreamSegment. With a display: a live window "
-        "with a HUD (q or Esc quits). With --headless (or no display): a side-by-side MP4, a per-frame CSV "
-        "and a latency plot in --out. Ctrl-C stops and still writes the report.",
+        "with a HUD (q or Esc quits). With --web PORT: a live page for a browser instead of the window "
+        "(machines without a screen). With --headless (or no display): a side-by-side H.264 MP4, a "
+        "per-frame CSV and a latency plot in --out. Ctrl-C stops and still writes the report.",
     )
     p.add_argument("--source", default="0", help="webcam index (0), video file, image folder or image [0]")
     p.add_argument(
@@ -51,7 +52,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity 0..1 [0.5]")
     p.add_argument("--no-hud", dest="hud", action="store_false", help="do not draw the HUD")
     p.add_argument("--connect-timeout", type=float, default=5.0, help="seconds to wait for the server [5]")
+    add_web_options(p)
     p.set_defaults(func=main)
+
+
+def web_port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535 (0: any free one), got {text!r}")
+    return port
+
+
+def add_web_options(p: argparse.ArgumentParser) -> None:
+    """``--web PORT``, ``--web-host``, ``--web-wait`` (also used by ``make demo``'s run_demo)."""
+    from segserve.demo.web import MAX_VIEWERS
+
+    p.add_argument(
+        "--web",
+        dest="web_port",
+        metavar="PORT",
+        type=web_port,
+        default=None,
+        help=f"serve a live page (overlay, HUD figures, latency chart) on this port instead of a window; "
+        f"0 picks a free one; at most {MAX_VIEWERS} viewers [off]",
+    )
+    p.add_argument(
+        "--web-host",
+        default="127.0.0.1",
+        help="address the live page listens on; 0.0.0.0 to reach it from other machines [127.0.0.1]",
+    )
+    p.add_argument(
+        "--web-wait",
+        action="store_true",
+        help="with --web: start streaming when the first browser has connected [off]",
+    )
 
 
 def options_from_args(args: argparse.Namespace):
@@ -71,6 +108,9 @@ def options_from_args(args: argparse.Namespace):
         token=args.token,
         connect_timeout=args.connect_timeout,
         hud=args.hud,
+        web_port=args.web_port,
+        web_host=args.web_host,
+        web_wait=args.web_wait,
     )
 
 
@@ -83,5 +123,13 @@ def main(args: argparse.Namespace) -> int:
     except DemoError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:
+        print(f"error: {missing_extra(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
+
+
+def missing_extra(exc: ModuleNotFoundError) -> str:
+    """A package of the ``demo`` extra is not installed: say which and how to get it."""
+    return f"the demo needs the Python package {exc.name!r}: pip install 'segserve[demo]'"

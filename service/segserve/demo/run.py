@@ -1,4 +1,4 @@
-"""The demo loop: frames -> StreamSegment -> live window with HUD, or headless video + CSV + plot.
+"""The demo loop: frames -> StreamSegment -> live window, web view and/or headless video + report.
 
 A sender (the request iterator, run by grpc) reads and paces frames and keeps at most ``inflight``
 frames between send and receive; the main thread takes the answers in order, draws and writes.
@@ -7,25 +7,34 @@ Ctrl-C stops sending, cancels the call and still writes the report.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import grpc
 import numpy as np
 
-from segserve.client import SegmenterClient
+from segserve.client import ModelInfo, SegmenterClient
 from segserve.demo.errors import DemoError
 from segserve.demo.hud import draw_hud
+from segserve.demo.load import LoadMonitor
 from segserve.demo.pacing import Pacer
-from segserve.demo.records import FrameRecord, RollingStats, summary_line
-from segserve.demo.report import VideoWriter, write_report
+from segserve.demo.records import FrameRecord, RollingStats, summarize, summary_line
+from segserve.demo.report import write_report
 from segserve.demo.sources import Frame, FrameSource, open_source
+from segserve.demo.video import VideoWriter
 from segserve.demo.window import LiveWindow, display_available
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from segserve.demo.web.server import WebView
 
 
 @dataclass
@@ -44,13 +53,17 @@ class DemoOptions:
     connect_timeout: float = 5.0
     hud: bool = True
     quiet: bool = False
+    web_port: int | None = None  # serve the live view on this port (0: a free one); no window then
+    web_host: str = "127.0.0.1"
+    web_wait: bool = False  # start streaming when the first browser has connected
+    server_pid: int | None = None  # a local server's process, whose CPU use the report records
 
 
 def _now_us() -> int:
     return time.time_ns() // 1000
 
 
-def connect(options: DemoOptions) -> tuple[SegmenterClient, object]:
+def connect(options: DemoOptions) -> tuple[SegmenterClient, ModelInfo]:
     """A ready client and the server's model info; DemoError when the server cannot be reached."""
     client = SegmenterClient(options.server, token=options.token)
     try:
@@ -110,6 +123,8 @@ class Sender:
                 self.pending[frame_id] = (frame, _now_us())
                 self.sent += 1
                 yield msg
+        except GeneratorExit:  # grpc closed the iterator: the call was cancelled (Ctrl-C, end)
+            raise
         except BaseException as exc:  # reported by the main thread; grpc would only log it
             self.error = exc
 
@@ -131,25 +146,77 @@ def run(options: DemoOptions) -> int:
         source.close()
 
 
+def _start_web(options: DemoOptions, source: FrameSource, info: ModelInfo) -> WebView:
+    from segserve.demo.web.server import WebView
+
+    hello = {
+        "source": Path(source.name).name or source.name,  # the file's name, not where it lives
+        "model": f"{info.name}@{info.version}",
+        "providers": ", ".join(info.providers),
+        "input_size": list(info.input_size),
+        "classes": [{"name": c.name, "color": list(c.color)} for c in info.labels.classes],
+    }
+    assert options.web_port is not None
+    web = WebView(options.web_host, options.web_port, hello)
+    web.start()
+    return web
+
+
+def _jpeg(image: np.ndarray) -> bytes:
+    return cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes()
+
+
 def _run(options: DemoOptions, source: FrameSource) -> int:
     log = (lambda *a: None) if options.quiet else (lambda *a: print(*a, flush=True))
+    web_view = options.web_port is not None
     headless = options.headless
     if headless is None:
-        headless = not display_available()
+        headless = False if web_view else not display_available()
         if headless:
             log("no display: running headless, writing the video and report")
     client, info = connect(options)
-    window = None if headless else LiveWindow(f"segserve demo: {source.name}")
+    web = window = None
+    try:
+        if web_view:
+            web = _start_web(options, source, info)
+        elif not headless:
+            window = LiveWindow(f"segserve demo: {source.name}")
+        return _stream(options, source, client, info, headless, web, window, log)
+    finally:
+        client.close()
+        if window is not None:
+            window.close()
+        if web is not None:
+            web.close()
+
+
+def _stream(
+    options: DemoOptions,
+    source: FrameSource,
+    client: SegmenterClient,
+    info: ModelInfo,
+    headless: bool,
+    web: WebView | None,
+    window: LiveWindow | None,
+    log: Callable[..., None],
+) -> int:
     policy = options.policy or ("latest" if source.live else "queue")
     fps = source.fps or 15.0
     pacer = Pacer(source.fps if (options.realtime and not source.live) else None)
     sender = Sender(client, source, options, pacer, policy)
     stats = RollingStats()
     records: list[FrameRecord] = []
+    if web is not None:
+        log(f"live view on {web.url}" + (" (waiting for a browser to connect)" if options.web_wait else ""))
+        if options.web_wait:
+            web.wait_viewer()
     writer = None
     if headless:
-        options.out.mkdir(parents=True, exist_ok=True)
-        writer = VideoWriter(options.out / "demo.mp4", fps, source.size)
+        try:
+            options.out.mkdir(parents=True, exist_ok=True)
+            writer = VideoWriter(options.out / "demo.mp4", fps, source.size)
+        except OSError as exc:
+            raise DemoError(f"cannot write the video into {options.out}: {exc}") from None
     metadata = (("authorization", f"Bearer {options.token}"),) if options.token else None
     log(
         f"streaming {source.name} ({source.size[0]}x{source.size[1]}, {fps:.0f} fps, "
@@ -157,6 +224,10 @@ def _run(options: DemoOptions, source: FrameSource) -> int:
         f"[{info.name}@{info.version}, {info.input_size[0]}x{info.input_size[1]}, "
         f"{'/'.join(info.providers[:1])}]"
     )
+    watched = {"client": os.getpid()}
+    if options.server_pid is not None:
+        watched["server"] = options.server_pid
+    monitor = LoadMonitor(watched).start()
     call = client.stub.StreamSegment(iter(sender), metadata=metadata)
     interrupted = failed = False
     title = (
@@ -170,19 +241,22 @@ def _run(options: DemoOptions, source: FrameSource) -> int:
             if frame is None:
                 continue
             result = client.result(response, frame.image.shape[1::-1])
+            jpeg = None
             if result.dropped:
                 status, right = "dropped", _placeholder(frame.image, "dropped (latest policy)")
             elif result.error is not None:
                 status = f"error: {result.error.code.name} {result.error.message}"
                 right = _placeholder(frame.image, result.error.code.name)
             else:
-                status, right = "ok", result.overlay
+                status, right, jpeg = "ok", result.overlay, response.overlay.data
             record = FrameRecord.from_timing(
                 frame.index, frame.capture_us, send_us, receive_us, status, result.timing
             )
             records.append(record)
             stats.add(record)
-            if options.hud:
+            if web is not None:  # the server's own JPEG when there is one: no second encode
+                web.publish(jpeg or _jpeg(right), stats.figures())
+            if options.hud and (writer is not None or window is not None):
                 right = draw_hud(right, stats, info.labels, title)
             if writer is not None:
                 writer.write(frame.image, right)
@@ -198,14 +272,12 @@ def _run(options: DemoOptions, source: FrameSource) -> int:
     finally:
         sender.stop.set()
         call.cancel()
-        client.close()
-        if window is not None:
-            window.close()
+        load = monitor.stop()
         if writer is not None:
             writer.close()
     if sender.error is not None and not isinstance(sender.error, KeyboardInterrupt):
         failed = True
-        print(f"error: reading {source.name}: {sender.error}", file=sys.stderr)
+        print(f"error: reading {source.name}: {sender.error or type(sender.error).__name__}", file=sys.stderr)
     meta = {
         "source": source.name,
         "server": options.server,
@@ -216,16 +288,19 @@ def _run(options: DemoOptions, source: FrameSource) -> int:
         "realtime": bool(pacer.period),
         "source_fps": source.fps,
         "interrupted": interrupted,
+        "machine": load.as_dict(),
     }
-    if headless:
-        paths, summary = write_report(options.out, records, meta)
-        print(
-            f"wrote {paths.video} ({writer.frames if writer else 0} frames), {paths.csv}, {paths.plot}, "
-            f"{paths.summary}"
-        )
+    if writer is not None:
+        meta["video"] = {"path": str(writer.path), "codec": writer.codec, "frames": writer.frames}
+        paths, summary = write_report(options.out, records, meta, writer.path)
+        plot = f"{paths.plot}, " if paths.plot else "(no plot: pip install matplotlib), "
+        video = f"{paths.video} ({writer.codec}, {writer.frames} frames)"
+        print(f"wrote {video}, {paths.csv}, {plot}{paths.summary}")
     else:
-        from segserve.demo.records import summarize
-
         summary = summarize(records)
-    print(summary_line(summary))
+    line = summary_line(summary)
+    print(line)
+    print(load.line())
+    if web is not None:
+        web.close(line)
     return 1 if failed else 0

@@ -1,9 +1,11 @@
 """``make demo``: start a server on the shipped model, stream the shipped clip headless, stop the server.
 
     python -m segserve.demo.run_demo [--model PATH] [--source PATH] [--out DIR] [--frames N] [--max-rate]
+                                     [--web PORT [--web-host HOST] [--web-wait]]
 
-Everything lands in ``demo-output/``: demo.mp4 (camera | overlay), demo_frames.csv (one row per
-frame), demo_latency.png, demo_summary.json and server.log.
+Everything lands in ``demo-output/``: demo.mp4 (camera | overlay, H.264: plays in a browser),
+demo_frames.csv (one row per frame), demo_latency.png, demo_summary.json (warm-up and steady state
+apart, with the machine's load) and server.log. ``--web PORT`` also serves the live page.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 from pathlib import Path
 
 from segserve import settings as cfg
+from segserve.demo.cli import add_web_options, missing_extra
 from segserve.demo.errors import DemoError
 
 REPO = Path(__file__).resolve().parents[3]
@@ -28,6 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--frames", type=int, default=None, help="stop after this many frames")
     p.add_argument("--max-rate", action="store_true", help="send as fast as possible, not at the clip's rate")
     p.add_argument("--server-arg", action="append", default=[], help="extra `segserve serve` argument")
+    add_web_options(p)
     return p.parse_args(argv)
 
 
@@ -49,11 +53,18 @@ def main(argv: list[str] | None = None) -> int:
             headless=True,
             realtime=not args.max_rate,
             frames=args.frames,
+            web_port=args.web_port,
+            web_host=args.web_host,
+            web_wait=args.web_wait,
+            server_pid=server.process.pid if server.process else None,
         )
         code = run(options)
     except DemoError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:
+        print(f"error: {missing_extra(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
