@@ -162,7 +162,10 @@ def stage(stage_dir: Path, extra_dirs: list[Path], clock: Clock, timeout: float,
             out["not_for_this_python"] = [w.name for w in foreign]
     out["wheels"] = [w.name for w in wheels]
     if not wheels:
-        out["note"] = f"nothing staged in {stage_dir} or {', '.join(map(str, extra_dirs))}"
+        where = f"{stage_dir} or {', '.join(map(str, extra_dirs))}"
+        out["note"] = (
+            "nothing for this Python" if out.get("not_for_this_python") else f"nothing staged in {where}"
+        )
         return out
     site = stage_dir / "site"
     marker = site / ".segserve-installed"
