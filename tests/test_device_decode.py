@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from frames import jpeg, street_frame
 from segserve.codec import Limits
-from segserve.device_decode import DeviceDecoder, EncodedFrame, decode_on_cpu, open_decoder
+from segserve.device_decode import DeviceDecoder, EncodedFrame, batch_key, decode_on_cpu, open_decoder
 from segserve.engine import Engine, EngineConfig
 from segserve.errors import FrameTooLarge, InvalidFrame, ModelError
 
@@ -100,7 +100,7 @@ def test_engine_runs_encoded_frames_through_the_decoder_and_the_in_graph_resize(
     bindings = engine.binding_count
     second = engine.run_encoded(frames[3:])  # same batch size and frame size: the same buffers
     assert engine.binding_count == bindings == 1
-    assert first.errors == [None] * 3 and second.errors == [None] * 3
+    assert first.errors == [None] * 3 and second.errors == [None] * 3 and first.decode_us > 0
     assert np.array_equal(np.concatenate([first.labels, second.labels]), reference.run(pixels))
     assert not np.shares_memory(first.labels, second.labels)
 
@@ -132,3 +132,10 @@ def test_run_encoded_refuses_mixed_sizes_and_engines_without_the_resize(toy_mode
         plain.run_encoded(mixed[:1])
     with pytest.raises(ValueError, match="cannot feed this engine"):
         plain.use_decoder(cpu_backend)
+
+
+def test_batch_key_keeps_pixels_and_jpegs_apart(camvid_jpegs):
+    encoded = EncodedFrame.from_jpeg(camvid_jpegs[0])
+    pixels = cpu_decode(camvid_jpegs[0])
+    assert encoded.shape == pixels.shape and batch_key(encoded) != batch_key(pixels)
+    assert batch_key(EncodedFrame.from_jpeg(camvid_jpegs[0])) == batch_key(encoded)

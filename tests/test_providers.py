@@ -91,7 +91,7 @@ def test_gpu_only_modules_are_not_imported_at_import_time():
 
     code = (
         "import sys, segserve.server, segserve.engine, segserve.client; "
-        "print([m for m in sys.modules if 'torch' in m or 'tensorrt' in m])"
+        "print([m for m in sys.modules if 'torch' in m or 'tensorrt' in m or 'nvimgcodec' in m])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -7,7 +7,8 @@ Where it or a GPU is missing the CPU path is used, and ``open_decoder`` says why
 
 How the pipeline uses it (``Engine.decoder`` is not None): a JPEG frame is queued as
 ``EncodedFrame.from_jpeg(data)`` instead of decoded pixels, the batcher groups frames by ``shape`` as
-before, and runs a batch with ``engine.run_encoded(frames)`` instead of ``engine.run(np.stack(...))``.
+before (``batch_key``: never pixels and JPEGs in one batch), and runs a batch with
+``engine.run_encoded(frames)`` instead of ``engine.run(np.stack(...))``.
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ class EncodedFrame:
                 f"and {limits.max_side} px a side"
             )
         return cls(data, (height, width, 3))
+
+
+def batch_key(frame: np.ndarray | EncodedFrame) -> tuple[bool, tuple[int, ...]]:
+    """What frames must share to run in one batch: the kind (pixels or JPEG bytes) and the shape."""
+    return isinstance(frame, EncodedFrame), tuple(frame.shape)
 
 
 def decode_on_cpu(jpegs: Sequence[bytes], hw: tuple[int, int]) -> tuple[np.ndarray, list[str | None]]:
