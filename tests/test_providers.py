@@ -90,7 +90,7 @@ def test_gpu_only_modules_are_not_imported_at_import_time():
     import sys
 
     code = (
-        "import sys, segserve.server, segserve.engine, segserve.client; "
+        "import sys, segserve.service, segserve.edge.server, segserve.engine, segserve.client; "
         "print([m for m in sys.modules if 'torch' in m or 'tensorrt' in m or 'nvimgcodec' in m])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

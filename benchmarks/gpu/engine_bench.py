@@ -1,7 +1,8 @@
 """The engine on a GPU, layer by layer, on 1080p JPEGs of real frames (p50/p95/p99 after warm-up):
 
 - ``bare_ort``: ``session.run`` on RGB batches already at the model's size (the floor);
-- ``cpu_decode``: JPEG decoded by OpenCV on the CPU, then ``engine.run`` (IO binding, resize in graph);
+- ``cpu_decode``: JPEG decoded on the CPU (the CPU path, libjpeg-turbo), then ``engine.run``
+  (IO binding, resize in graph);
 - ``device_decode``: ``engine.run_encoded``: the JPEG bytes decoded on the GPU by nvImageCodec into the
   bound input, resized and normalised in the graph;
 - the same two with CUDA graphs.
@@ -26,13 +27,13 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "service"))
 
 from segserve.bench.stats import summary  # noqa: E402
+from segserve.codec import decode_encoded  # noqa: E402
 from segserve.device_decode import EncodedFrame  # noqa: E402
 from segserve.engine import Engine, EngineConfig  # noqa: E402
 from segserve.graph import OUTPUT_NAME  # noqa: E402
 
 MODEL = ROOT / "models" / "segserve-camvid.onnx"
 IMAGES = ROOT / "tests" / "fixtures" / "camvid"
-CPU_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
 
 
 def frames_1080p(count: int = 8) -> list[bytes]:
@@ -83,7 +84,7 @@ def bench_provider(provider: str, jpegs: list[bytes], frames: int, batches: list
     out["input_hw"] = list(first.input_hw)
     h, w = first.input_hw
     plain = Engine(EngineConfig(MODEL, providers=provider))
-    pixels = [cv2.imdecode(np.frombuffer(d, np.uint8), CPU_FLAGS) for d in jpegs]
+    pixels = [decode_encoded(d) for d in jpegs]
     model_rgb = [cv2.cvtColor(cv2.resize(p, (w, h)), cv2.COLOR_BGR2RGB) for p in pixels]
     encoded = [EncodedFrame.from_jpeg(d) for d in jpegs]
 
@@ -104,9 +105,7 @@ def bench_provider(provider: str, jpegs: list[bytes], frames: int, batches: list
         for suffix, engine in engines.items():
 
             def cpu_path(i: int, b: int = b, engine: Engine = engine) -> None:
-                batch = np.stack(
-                    [cv2.imdecode(np.frombuffer(d, np.uint8), CPU_FLAGS) for d in pick(jpegs, b, i)]
-                )
+                batch = np.stack([decode_encoded(d) for d in pick(jpegs, b, i)])
                 engine.run(batch)
 
             out[f"cpu_decode{suffix}_b{b}"] = per_batch(timed(cpu_path, calls, warmup), b)

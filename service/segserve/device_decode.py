@@ -20,13 +20,12 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from segserve.codec import Limits, jpeg_size
-from segserve.errors import FrameTooLarge, InvalidFrame
+from segserve.codec import Limits, decode_encoded, jpeg_size
+from segserve.errors import FrameTooLarge, InvalidFrame, SegserveError
 
 log = logging.getLogger(__name__)
 
 JPEG_MAGIC = b"\xff\xd8\xff"
-_CPU_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION  # what codec.decode_encoded does
 
 
 @dataclass(frozen=True)
@@ -39,14 +38,18 @@ class EncodedFrame:
 
     @classmethod
     def from_jpeg(cls, data: bytes, limits: Limits | None = None) -> EncodedFrame:
-        """Check what the CPU path checks before decoding (header, end marker, ``limits``), decode
-        nothing. Raises InvalidFrame or FrameTooLarge as ``codec.decode_encoded`` would."""
+        """Check what the CPU path checks before decoding (header, ``limits``, scans; and the end
+        marker), decode nothing. Raises InvalidFrame or FrameTooLarge as ``codec.decode_encoded`` would."""
         limits = limits or Limits()
         if len(data) > limits.max_frame_bytes:
             raise FrameTooLarge(f"frame is {len(data)} bytes, over the limit of {limits.max_frame_bytes}")
         if not data.startswith(JPEG_MAGIC):
             raise InvalidFrame(f"not a JPEG (starts with {data[:8].hex()})")
         width, height = jpeg_size(data)
+        scans = data.count(b"\xff\xda")
+        if scans > limits.max_jpeg_scans:
+            raise InvalidFrame(f"JPEG has {scans} scans, over the limit of {limits.max_jpeg_scans}")
+        # The CPU path decodes strictly; nvJPEG may fill a cut-off frame instead: refuse it up front.
         if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
             raise InvalidFrame(f"truncated JPEG ({len(data)} bytes): no end-of-image marker")
         if width <= 0 or height <= 0:
@@ -65,18 +68,22 @@ def batch_key(frame: np.ndarray | EncodedFrame) -> tuple[bool, tuple[int, ...]]:
 
 
 def decode_on_cpu(jpegs: Sequence[bytes], hw: tuple[int, int]) -> tuple[np.ndarray, list[str | None]]:
-    """The CPU path for a batch: BGR uint8 [N, h, w, 3] and per frame None or why it failed (zeros)."""
+    """The CPU path (``codec.decode_encoded``) for a batch: BGR uint8 [N, h, w, 3], and per frame None
+    or why it failed (its pixels are then zeros)."""
     height, width = hw
     batch = np.zeros((len(jpegs), height, width, 3), np.uint8)
     errors: list[str | None] = []
     for i, data in enumerate(jpegs):
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), _CPU_FLAGS)
-        if image is None or image.shape != (height, width, 3):
-            got = "nothing" if image is None else "x".join(map(str, image.shape))
-            errors.append(f"corrupt JPEG ({len(data)} bytes): decoded to {got}, header says {width}x{height}")
-        else:
-            batch[i] = image
-            errors.append(None)
+        try:
+            image = decode_encoded(data)
+        except SegserveError as exc:
+            errors.append(str(exc))
+            continue
+        if image.shape != (height, width, 3):
+            errors.append(f"JPEG decoded to {image.shape[1]}x{image.shape[0]}, its batch is {width}x{height}")
+            continue
+        batch[i] = image
+        errors.append(None)
     return batch, errors
 
 
@@ -136,7 +143,7 @@ class DeviceDecoder:
         else:
             raise ValueError(f"memory must be 'cuda' or 'cpu', got {memory!r}")
         self._params = nvimgcodec.DecodeParams(
-            apply_exif_orientation=False,  # as the CPU path (IMREAD_IGNORE_ORIENTATION)
+            apply_exif_orientation=False,  # as the CPU path (libjpeg-turbo through simplejpeg)
             color_spec=nvimgcodec.ColorSpec.SRGB,
             sample_format=nvimgcodec.SampleFormat.I_BGR,  # what the graph's `frames` input takes
         )
@@ -189,7 +196,7 @@ def open_decoder(device: str, device_id: int) -> tuple[DeviceDecoder | None, str
         probe = _probe_jpeg()
         buffer = ort.OrtValue.ortvalue_from_shape_and_type([1, 48, 64, 3], np.uint8, "cuda", device_id)
         errors = decoder.decode_into([probe], buffer.data_ptr(), (48, 64))
-        reference = cv2.imdecode(np.frombuffer(probe, np.uint8), _CPU_FLAGS)
+        reference = decode_encoded(probe)
         if errors[0] is None:
             diff = np.abs(buffer.numpy()[0].astype(np.int16) - reference).mean()
             if diff > 4:  # decoded, but not the picture: refuse rather than serve wrong masks
