@@ -3,8 +3,9 @@
 # from the project's root, then print the device calls to make, ready to paste (README.md here):
 #   .gpuwhl/part.NN, NAME, SHA256  onnxruntime-gpu (255 MB, CUDA 13) cut into parts that, with this
 #                                  working tree, fit one device call each (64 MiB)
-#   .gpuwhl/extra/*.whl            nvImageCodec + nvJPEG (JPEG decode on the GPU), and grpc/protobuf at
-#                                  this project's versions (the generated stubs refuse older runtimes)
+#   .gpuwhl/extra/*.whl            nvImageCodec + nvJPEG (JPEG decode on the GPU), and the project's
+#                                  dependencies the machine lacks (grpc and protobuf at this project's
+#                                  versions: the generated stubs refuse older runtimes; simplejpeg)
 # Usage: bash benchmarks/gpu/stage.sh [ORT_VERSION]     (default 1.31.1)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -24,12 +25,25 @@ if ! ls "$dir"/onnxruntime_gpu-"$version"-*.whl >/dev/null 2>&1; then
 fi
 whl=$(ls "$dir"/onnxruntime_gpu-"$version"-*.whl | head -1)
 
-# 2. The extra wheels, pinned to what this project runs with where it is installed here.
+# 2. The extra wheels, pinned to what this project runs with where it is installed here: nvImageCodec
+#    and nvJPEG, and every runtime dependency in pyproject.toml that the machine's image lacks or has
+#    too old (its list: /work/.library/device/KINDS.md; the big ones it has are left out).
 pin() { v=$("$py" -c "import importlib.metadata as m; print(m.version('$1'))" 2>/dev/null || true)
         if [ -n "$v" ]; then echo "$1==$v"; else echo "$1"; fi; }
 rm -f "$dir"/extra/*.whl
+needed=$("$py" - <<'PY'
+import re
+import tomllib
+
+deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
+there = {"numpy", "opencv-python-headless", "onnx", "matplotlib", "pillow", "prometheus-client"}
+names = {re.split(r"[<>=!~;\[ ]", d, maxsplit=1)[0].strip().lower() for d in deps}
+# grpcio-status needs googleapis-common-protos; codec decodes JPEG with simplejpeg
+print(" ".join(sorted((names - there) | {"googleapis-common-protos", "simplejpeg"})))
+PY
+)
 pkgs=("$(pin nvidia-nvimgcodec-cu13)" nvidia-nvjpeg)
-for p in grpcio grpcio-health-checking grpcio-reflection grpcio-status protobuf googleapis-common-protos; do
+for p in $needed; do
   pkgs+=("$(pin "$p")")
 done
 download -d "$dir/extra" "${pkgs[@]}"
