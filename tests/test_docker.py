@@ -70,13 +70,12 @@ def test_docker_context_leaves_out_what_the_images_do_not_copy():
 @pytest.mark.timeout(600)
 def test_cpu_image_install_and_start_steps_in_a_clean_venv(tmp_path, toy_model):
     venv = tmp_path / "venv"
-    install = subprocess.run(
-        ["bash", "-c", in_venv(install_run("Dockerfile.cpu"), venv)], cwd=ROOT, capture_output=True, text=True
-    )
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the image has only its venv
+    command = in_venv(install_run("Dockerfile.cpu"), venv)
+    install = subprocess.run(["bash", "-c", command], cwd=ROOT, env=clean, capture_output=True, text=True)
     assert install.returncode == 0, install.stderr[-2000:]
     segserve = venv / "bin" / "segserve"
-    env = {**os.environ, "SEGSERVE_MODEL": str(toy_model), "SEGSERVE_METRICS_PORT": "0"}
-    env.pop("PYTHONPATH", None)
+    env = {**clean, "SEGSERVE_MODEL": str(toy_model), "SEGSERVE_METRICS_PORT": "0"}
     server = subprocess.Popen(
         [str(segserve), "serve", "--host", "127.0.0.1", "--port", "0"],
         env=env,
@@ -112,8 +111,9 @@ def test_gpu_image_install_resolves_to_the_cuda_wheels(tmp_path):
     command = command.split(" && ", 2)
     assert len(command) == 3 and "segserve --help" in command[2]
     resolve = command[1].replace("pip install", f"pip install --dry-run --ignore-installed --report {report}")
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     run = subprocess.run(
-        ["bash", "-c", f"{command[0]} && {resolve}"], cwd=ROOT, capture_output=True, text=True
+        ["bash", "-c", f"{command[0]} && {resolve}"], cwd=ROOT, env=clean, capture_output=True, text=True
     )
     assert run.returncode == 0, run.stderr[-2000:]
     names = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
