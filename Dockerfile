@@ -16,7 +16,6 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONUNBUFFERED=1 \
     VIRTUAL_ENV=/opt/segserve \
     PATH=/opt/segserve/bin:$PATH \
-    SEGSERVE_MODEL=/models/segserve-camvid.onnx \
     SEGSERVE_METRICS_PORT=9100
 
 # Python, and the shared libraries OpenCV's headless wheel may link against.
@@ -24,6 +23,8 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv libglib2.0-0 \
     && rm -rf /var/lib/apt/lists/*
 
+# The shipped model is packaged with segserve; to serve your own, mount it and set SEGSERVE_MODEL
+# (docker run -v $PWD/my-models:/models -e SEGSERVE_MODEL=/models/my.onnx ...).
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY service ./service

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-IMAGES = {"Dockerfile": "gpu", "Dockerfile.cpu": "cpu"}
+IMAGES = {"Dockerfile": "gpu", "Dockerfile.cpu": "serve"}
 
 
 def dockerfile(name: str) -> str:

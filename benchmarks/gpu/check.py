@@ -225,6 +225,17 @@ print("INFO " + json.dumps(info))
 """
 
 
+# The bench's command line, checked by segserve's own parser (in a subprocess, as the real run would).
+PARSE = r"""
+import sys
+from pathlib import Path
+from segserve.cli import build_parser
+args = build_parser().parse_args(sys.argv[1:])
+assert args.gpu and args.frames == int(sys.argv[sys.argv.index("--frames") + 1])
+assert Path(args.images) == Path(sys.argv[sys.argv.index("--images") + 1])
+"""
+
+
 def device_info(dry_run: bool) -> dict:
     if dry_run:
         return {"name": "dry-run (no GPU used)"}
@@ -436,13 +447,11 @@ def main(argv: list[str] | None = None) -> int:
         providers = ["cuda", "tensorrt"] if trt else ["cuda"]
         results: dict = {}
         if args.dry_run:
-            sys.path.insert(0, str(SERVICE))
-            from segserve.cli import build_parser
-
             for provider in providers:
                 argv = bench_command(provider, args.frames, work / f"bench-{provider}")
-                parsed = build_parser().parse_args(argv)
-                assert parsed.gpu and parsed.frames == args.frames and parsed.images == BENCH_IMAGES
+                ran = run([sys.executable, "-c", PARSE, *argv], min(60, clock.left()), env, clock, "parse")
+                if ran.rc != 0:
+                    return results, "failed", f"`segserve {' '.join(argv)}` does not parse: {ran.tail[-600:]}"
                 results[provider] = {"command": ["segserve", *argv], "status": "not run (dry run)"}
             return results, "skipped", "dry run: the command lines parse"
         statuses = []

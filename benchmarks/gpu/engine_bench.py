@@ -31,8 +31,8 @@ from segserve.codec import decode_encoded  # noqa: E402
 from segserve.device_decode import EncodedFrame  # noqa: E402
 from segserve.engine import Engine, EngineConfig  # noqa: E402
 from segserve.graph import OUTPUT_NAME  # noqa: E402
+from segserve.settings import SHIPPED_MODEL as MODEL  # noqa: E402
 
-MODEL = ROOT / "models" / "segserve-camvid.onnx"
 IMAGES = ROOT / "tests" / "fixtures" / "camvid"
 
 

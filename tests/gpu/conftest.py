@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-MODEL = ROOT / "models" / "segserve-camvid.onnx"
 CAMVID = sorted((ROOT / "tests" / "fixtures" / "camvid").glob("*/images/*.jpg"))
 
 
@@ -43,7 +42,9 @@ def _needs_cuda():
 
 @pytest.fixture(scope="session")
 def shipped_model() -> Path:
-    return MODEL
+    from segserve.settings import SHIPPED_MODEL
+
+    return SHIPPED_MODEL
 
 
 @pytest.fixture(scope="session")
