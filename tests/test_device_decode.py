@@ -147,3 +147,21 @@ def test_batch_key_keeps_pixels_and_jpegs_apart(camvid_jpegs):
     pixels = cpu_decode(camvid_jpegs[0])
     assert encoded.shape == pixels.shape and batch_key(encoded) != batch_key(pixels)
     assert batch_key(EncodedFrame.from_jpeg(camvid_jpegs[0])) == batch_key(encoded)
+
+
+def test_a_static_batch_model_decodes_into_its_one_batch_size_and_drops_the_rest(tmp_path, cpu_backend):
+    import onnx
+    from modelgen import byo_model
+
+    static, dynamic = tmp_path / "static4.onnx", tmp_path / "dynamic.onnx"
+    onnx.save(byo_model(height=96, width=128, batch=4), str(static))
+    onnx.save(byo_model(height=96, width=128), str(dynamic))
+    engine = Engine(EngineConfig(static, resize_in_graph=True, io_binding=True))
+    reference = Engine(EngineConfig(dynamic, resize_in_graph=True, io_binding=False))
+    engine.use_decoder(cpu_backend)
+    jpegs = [jpeg(street_frame(320, 240, seed=s)) for s in range(3)]
+    result = engine.run_encoded([EncodedFrame.from_jpeg(d) for d in jpegs])
+    assert result.errors == [None] * 3 and result.labels.shape == (3, 96, 128)
+    assert np.array_equal(result.labels, reference.run(np.stack([cpu_decode(d) for d in jpegs])))
+    assert (engine.stats.calls, engine.stats.frames, engine.stats.padding) == (1, 3, 1)
+    assert engine.binding_count == 1 and engine.buffers_for((4, 240, 320, 3)).shape[0] == 4
