@@ -9,7 +9,7 @@ DEV_STAMP  := $(VENV)/.installed-dev
 DEMO_STAMP := $(VENV)/.installed-demo
 BENCH_IMAGES ?= /work/shared/data/camvid/val/images
 
-.PHONY: install test demo dist proto proto-check bench lint format clean
+.PHONY: install test demo dist proto proto-check bench gpu-check lint format clean
 
 install: $(DEV_STAMP)
 
@@ -44,6 +44,10 @@ proto: install
 bench: install
 	$(PY) -m segserve bench --images $(BENCH_IMAGES) --video demo/solidWhiteRight.mp4 \
 	    --naive benchmarks/naive_pipeline.py --out benchmarks/results
+
+# The GPU check (benchmarks/gpu/README.md): on the GPU machine after staging; ARGS=--dry-run anywhere.
+gpu-check:
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) benchmarks/gpu/check.py $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check service tests benchmarks tools
