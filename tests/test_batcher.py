@@ -199,7 +199,9 @@ def test_frames_of_different_sizes_never_share_a_batch():
         blocker = asyncio.ensure_future(batcher.infer(frame(0)))
         await until_entered(engine)
         small = [asyncio.ensure_future(batcher.infer(frame(1, tag=1), lane=i)) for i in range(2)]
-        large = [asyncio.ensure_future(batcher.infer(frame(2, tag=2, shape=(8, 8)), lane=10 + i)) for i in range(2)]
+        large = [
+            asyncio.ensure_future(batcher.infer(frame(2, tag=2, shape=(8, 8)), lane=10 + i)) for i in range(2)
+        ]
         await asyncio.sleep(0)
         engine.gate.set()
         await asyncio.gather(blocker, *small, *large)

@@ -3,19 +3,39 @@ import numpy as np
 import pytest
 from frames import jpeg, street_frame
 from segserve import codec
-from segserve.batcher import Batcher
-from segserve.engine import Engine, EngineConfig
 from segserve.errors import InvalidFrame, InvalidOptions
 from segserve.pipeline import Pipeline
-from segserve.types import FrameRequest, MaskFormat, MaskResolution, OutputOptions, OverlayFormat, PixelFormat, RawFrame
+from segserve.types import (
+    FrameRequest,
+    MaskFormat,
+    MaskResolution,
+    OutputOptions,
+    OverlayFormat,
+    PixelFormat,
+    RawFrame,
+)
+from servers import start_server
+
+
+class LoopPipeline:
+    """The pipeline of a real server, awaited on the server's event loop from the test's thread."""
+
+    def __init__(self, running):
+        self.running = running
+        self.pipeline: Pipeline = running.service.pipeline
+
+    def process(self, request: FrameRequest):
+        return self.running.call(self.pipeline.process(request))
+
+    def preprocess(self, frame):
+        return self.pipeline.preprocess(frame)
 
 
 @pytest.fixture(scope="module")
 def pipeline(toy_model):
-    engine = Engine(EngineConfig(toy_model))
-    batcher = Batcher(engine.run, max_batch=4)
-    yield Pipeline(engine.metadata, batcher), engine
-    batcher.close()
+    running = start_server(toy_model, max_batch=4)
+    yield LoopPipeline(running), running.service.engine
+    running.drain_and_stop(1.0)
 
 
 def test_full_resolution_outputs_match_the_engine(pipeline):
@@ -60,7 +80,7 @@ def test_errors_are_typed(pipeline):
 
 
 def test_mask_and_overlay_made_together_equal_each_made_alone(pipeline):
-    """Both wanted: the overlay is made on the output pool beside the mask; the bytes are the same.
+    """Both wanted: the overlay and the mask are made side by side on the pool; the bytes are the same.
     (Raw frames: a JPEG without an overlay is decoded at a reduced DCT scale, so its mask may differ.)"""
     pipe, _ = pipeline
     raw = RawFrame(480, 270, PixelFormat.BGR, street_frame(480, 270, seed=3).tobytes())

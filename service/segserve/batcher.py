@@ -14,6 +14,7 @@ at once, new submissions too, and ``on_failure`` is told (the server turns healt
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict, deque
@@ -111,7 +112,9 @@ class Batcher:
         if self._closed:
             return ShuttingDown("the server is shutting down")
         if self._size >= self.max_queue:
-            return Overloaded(f"server busy: {self._size} frames queued (limit {self.max_queue}); retry later")
+            return Overloaded(
+                f"server busy: {self._size} frames queued (limit {self.max_queue}); retry later"
+            )
         return None
 
     async def infer(
@@ -170,10 +173,8 @@ class Batcher:
         if timeout is None:
             await self._changed.wait()
             return
-        try:
+        with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._changed.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
 
     async def _gather(self) -> list[_Item] | None:
         while not self._size:

@@ -115,7 +115,9 @@ def _decode_jpeg(data: bytes, limits: Limits, at_least: tuple[int, int] | None) 
         # strict: a cut-off or corrupt JPEG is an error, not a grey-filled frame
         image = simplejpeg.decode_jpeg(data, "BGR", min_width=min_w, min_height=min_h, strict=True)
     except ValueError as exc:
-        raise InvalidFrame(f"truncated or corrupt JPEG ({len(data)} bytes, {width}x{height}): {exc}") from None
+        raise InvalidFrame(
+            f"truncated or corrupt JPEG ({len(data)} bytes, {width}x{height}): {exc}"
+        ) from None
     return image
 
 
@@ -128,7 +130,9 @@ def _decode_png(data: bytes, limits: Limits) -> np.ndarray:
         except (OSError, ValueError, SyntaxError) as exc:
             raise InvalidFrame(f"corrupt PNG ({len(data)} bytes, {width}x{height}): {exc}") from None
     if rgb.shape != (height, width, 3):
-        raise InvalidFrame(f"corrupt PNG: decoded {rgb.shape[1]}x{rgb.shape[0]}, header says {width}x{height}")
+        raise InvalidFrame(
+            f"corrupt PNG: decoded {rgb.shape[1]}x{rgb.shape[0]}, header says {width}x{height}"
+        )
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
 
 

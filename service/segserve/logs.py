@@ -6,7 +6,6 @@ import json
 import logging
 import time
 
-
 # Fields a log call may attach with ``extra=``: tests and log collectors read them, not the text.
 STRUCTURED_FIELDS = (
     "frame_id", "method", "code", "peer", "stream_read", "stream_answered", "stream_dropped",

@@ -101,4 +101,3 @@ class Metrics:
     def observe_timing(self, timing) -> None:
         for stage in STAGES:
             self.stage_latency.labels(stage).observe(getattr(timing, f"{stage}_us") / 1e6)
-

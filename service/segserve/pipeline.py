@@ -17,8 +17,8 @@ import cv2
 import numpy as np
 
 from segserve import codec
-from segserve.batcher import Batcher, BatchResult
 from segserve.admission import Ticket
+from segserve.batcher import Batcher, BatchResult
 from segserve.errors import DeadlineExceeded, InvalidFrame
 from segserve.graph import ModelMetadata
 from segserve.labels import mask_to_training_rgb
@@ -33,7 +33,6 @@ from segserve.types import (
     OverlayFormat,
     Timing,
 )
-
 
 T = TypeVar("T")
 
@@ -124,9 +123,7 @@ class Pipeline:
         _check_deadline(request, "before decoding")
         self.batcher.announce()
         try:
-            frame, size, model_input, t_dec0, t1 = await self.offload(
-                ticket, self._decode_and_preprocess, request
-            )
+            frame, size, model_input, _, t1 = await self.offload(ticket, self._decode_and_preprocess, request)
             _check_deadline(request, "before inference")
         except BaseException:
             self.batcher.withdraw()

@@ -97,10 +97,9 @@ class Service:
 
     # --- checks shared by the edges --------------------------------------------------------------
     def check_frame_id(self, frame_id: str) -> None:
-        if len(frame_id.encode()) > self.limits.max_frame_id_bytes:
-            raise InvalidFrame(
-                f"frame_id is {len(frame_id.encode())} bytes, over the limit of {self.limits.max_frame_id_bytes}"
-            )
+        size, limit = len(frame_id.encode()), self.limits.max_frame_id_bytes
+        if size > limit:
+            raise InvalidFrame(f"frame_id is {size} bytes, over the limit of {limit}")
 
     def refuse_when_draining(self) -> None:
         if self.draining:

@@ -26,7 +26,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from segserve.admission import Admission, Ticket
 from segserve.errors import SegserveError, ShuttingDown, StreamIdle
@@ -332,7 +332,9 @@ class StreamSession:
         except Exception as exc:  # never leave a read frame unanswered
             log.exception("stream frame %r failed", request.frame_id[:64])
             outcome = FrameFailure(
-                request.frame_id, SegserveError(f"internal error: {type(exc).__name__}"), request.capture_time_us
+                request.frame_id,
+                SegserveError(f"internal error: {type(exc).__name__}"),
+                request.capture_time_us,
             )
         finally:
             ticket.release()

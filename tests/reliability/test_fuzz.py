@@ -23,14 +23,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from relutil import DOCUMENTED_FRAME_CODES, frame
 from segserve import codec
-from segserve.edge import convert as protocol
-from segserve.types import PixelFormat, RawFrame
 from segserve._proto.segmentation.v1 import segmentation_pb2 as pb
 from segserve._proto.segmentation.v1 import segmentation_pb2_grpc as pb_grpc
 from segserve.codec import Limits
-from segserve.errors import FrameTooLarge, InvalidFrame, InvalidOptions
+from segserve.edge import convert as protocol
 from segserve.edge.segmentation import Malformed
 from segserve.edge.segmentation import lenient as _lenient
+from segserve.errors import FrameTooLarge, InvalidFrame, InvalidOptions
+from segserve.types import PixelFormat, RawFrame
 
 COUNTS: dict[str, int] = {}
 FUZZ = settings(

@@ -130,9 +130,8 @@ def run(cfg: BenchConfig) -> dict:
 
     from segserve.bench.core import extract_float_core
     from segserve.demo.server_process import ServerProcess
-    from segserve.engine import EngineConfig, session_options
     from segserve.edge.server import ServerConfig, create_server
-    from segserve.engine import Engine
+    from segserve.engine import Engine, EngineConfig, session_options
 
     say = (lambda *a: None) if cfg.quiet else (lambda *a: print(*a, flush=True))
     if cfg.images is None:

@@ -53,10 +53,17 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
                 header = value if isinstance(value, str) else value.decode("latin-1")
                 break
         scheme, _, token = header.strip().partition(" ")
-        if scheme.lower() == "bearer" and token and hmac.compare_digest(token.strip().encode(), self._expected):
+        if (
+            scheme.lower() == "bearer"
+            and token
+            and hmac.compare_digest(token.strip().encode(), self._expected)
+        ):
             return await continuation(handler_call_details)
         if scheme.lower() != "bearer" or not token:
-            code, message = grpc.StatusCode.UNAUTHENTICATED, "missing 'authorization: Bearer <token>' metadata"
+            code, message = (
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing 'authorization: Bearer <token>' metadata",
+            )
         else:
             code, message = grpc.StatusCode.PERMISSION_DENIED, "the bearer token is not valid"
         log.info("refused %s: %s", method[:128], code.name, extra={"method": method[:128], "code": code.name})

@@ -82,9 +82,7 @@ def request_from_proto(msg: pb.SegmentRequest) -> FrameRequest:
     raw = None
     if which == "raw":
         r = msg.raw
-        raw = RawFrame(
-            r.width, r.height, _enum(PIXEL_FORMATS, r.format, "raw.format", InvalidFrame), r.data
-        )
+        raw = RawFrame(r.width, r.height, _enum(PIXEL_FORMATS, r.format, "raw.format", InvalidFrame), r.data)
     elif which is None:
         raise InvalidFrame("request has no frame: set `encoded` (JPEG/PNG bytes) or `raw`")
     return FrameRequest(
@@ -148,7 +146,9 @@ def response_from_outcome(outcome: Outcome) -> pb.SegmentResponse:
     if isinstance(outcome, FrameFailure):
         return error_response(outcome.frame_id, outcome.error, outcome.capture_time_us)
     if isinstance(outcome, Dropped):
-        return pb.SegmentResponse(frame_id=outcome.frame_id, dropped=True, capture_time_us=outcome.capture_time_us)
+        return pb.SegmentResponse(
+            frame_id=outcome.frame_id, dropped=True, capture_time_us=outcome.capture_time_us
+        )
     return response_from_result(outcome)
 
 

@@ -68,7 +68,12 @@ async def serve_metrics(
                 reply = _response("405 Method Not Allowed", b"GET /metrics\n")
             writer.write(reply)
             await asyncio.wait_for(writer.drain(), idle_s)
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+        except (
+            asyncio.TimeoutError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ConnectionError,
+        ):
             pass
         finally:
             listener.open_connections -= 1

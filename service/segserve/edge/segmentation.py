@@ -8,6 +8,7 @@ INVALID_ARGUMENT, not grpc's INTERNAL), converts to ``segserve.types``, calls th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -126,10 +127,8 @@ class SegmenterServicer:
             except asyncio.TimeoutError:
                 raise StreamIdle(f"no frame for {service.limits.stream_idle_s:g}s: stream closed") from None
             if isinstance(first, pb.SegmentRequest):
-                try:
+                with contextlib.suppress(SegserveError):  # the frame itself is answered with the error
                     session.set_policy(convert.stream_policy(first))
-                except SegserveError:
-                    pass  # the frame itself is answered with the error below
 
             async def incoming() -> AsyncIterator[Incoming]:
                 yield self._incoming(first, deadline, method)

@@ -141,13 +141,9 @@ def _options(config: ServerConfig) -> list[tuple[str, int]]:
 async def start(engine: Engine, config: ServerConfig, metrics: Metrics | None = None) -> Server:
     """Build and start a server in the running loop; ``config.port`` 0 picks a free port."""
     service = await Service.start(engine, config.service_limits(), metrics)
-    interceptors = (
-        [TokenAuthInterceptor(config.token, on_deny=service.metrics.error)] if config.token else []
-    )
+    interceptors = [TokenAuthInterceptor(config.token, on_deny=service.metrics.error)] if config.token else []
     grpc_server = grpc.aio.server(options=_options(config), interceptors=interceptors)
-    info = convert.model_info_to_proto(
-        engine.metadata, engine.providers, service.max_batch, engine.sha256
-    )
+    info = convert.model_info_to_proto(engine.metadata, engine.providers, service.max_batch, engine.sha256)
     add_servicer(SegmenterServicer(service, info), grpc_server)
     names = [SERVICE_NAME]
     for install in EXTRA_EDGES:
@@ -172,11 +168,14 @@ async def start(engine: Engine, config: ServerConfig, metrics: Metrics | None = 
     for name in ("", *names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     loop = asyncio.get_running_loop()
+    background: set[asyncio.Task[None]] = set()
 
     def not_serving() -> None:
         log.error("health NOT_SERVING: the inference worker failed")
         for name in ("", *names):
-            loop.create_task(health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING))
+            task = loop.create_task(health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING))
+            background.add(task)
+            task.add_done_callback(background.discard)
 
     service.failure_listeners.append(not_serving)
     listener = None
