@@ -121,13 +121,21 @@ class Service:
             result = await self.pipeline.process(request, ticket)
         except SegserveError as exc:
             self.metrics.error(method, exc.status)
-            log.info("frame refused: %s %s", exc.status, exc, extra={"method": method, "code": exc.status})
+            log.info(
+                "frame refused: %s %s",
+                exc.status,
+                exc,
+                extra={"method": method, "code": exc.status, "frame_id": request.frame_id[:128]},
+            )
             raise
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self.metrics.error(method, "INTERNAL")
-            log.exception("frame failed", extra={"method": method, "code": "INTERNAL"})
+            log.exception(
+                "frame failed",
+                extra={"method": method, "code": "INTERNAL", "frame_id": request.frame_id[:128]},
+            )
             raise SegserveError(f"internal error: {type(exc).__name__}") from exc
         self.metrics.request_latency.labels(method).observe(result.timing.total_us / 1e6)
         self.metrics.observe_timing(result.timing)
@@ -167,6 +175,7 @@ class Service:
             ),
             policy,
             on_read=self.metrics.requests.labels(method).inc,
+            on_dropped=self.metrics.dropped.inc,
         )
         self.sessions.add(session)
         self.metrics.streams.inc()

@@ -107,11 +107,13 @@ class StreamSession:
         limits: StreamLimits,
         policy: str = "queue",
         on_read: Callable[[], None] | None = None,
+        on_dropped: Callable[[], None] | None = None,
     ):
         self._process = process
         self._admission = admission
         self.limits = limits
         self._on_read = on_read
+        self._on_dropped = on_dropped
         self.on_idle: Callable[[], None] | None = None  # e.g. cancel the transport's handler
         self.set_policy(policy)
         self._out: deque[_Entry] = deque()
@@ -344,6 +346,8 @@ class StreamSession:
     def _offer_latest(self, request: FrameRequest, entry: _Entry) -> None:
         stale, self._pending = self._pending, _Pending(request, entry)
         if stale is not None:
+            if self._on_dropped is not None:
+                self._on_dropped()
             self._resolve(stale.entry, Dropped(stale.request.frame_id, stale.request.capture_time_us))
         self._pending_ready.set()
         if self._dispatcher is None:

@@ -6,7 +6,7 @@ import threading
 
 import grpc
 import pytest
-from conftest import channel_for, wait_for
+from conftest import channel_for, wait_until
 from relutil import frame, jpeg, raw_request
 from segserve._proto.segmentation.v1 import segmentation_pb2 as pb
 from segserve._proto.segmentation.v1 import segmentation_pb2_grpc as pb_grpc
@@ -35,7 +35,7 @@ def test_max_streams_refuses_the_next_stream_and_frees_on_close(server_factory):
         assert stub.Segment(raw_request("u", IMAGE), timeout=5).frame_id == "u"
         gates[0].set()
         list(calls[0])
-        assert wait_for(lambda: running.service.streams.in_use == 1)
+        assert wait_until(running, lambda s: s["streams"] == 1)
         assert [r.frame_id for r in stub.StreamSegment(iter([raw_request("y", IMAGE)]), timeout=5)] == ["y"]
         gates[1].set()
         list(calls[1])
@@ -87,7 +87,7 @@ def test_grpc_message_size_limit(server_factory):
 def test_max_inflight_per_stream_bounds_one_streams_share(server_factory):
     """One stream never has more than max_inflight_per_stream frames in the pipeline."""
     with (
-        server_factory(max_inflight=16, max_inflight_per_stream=3, max_batch=8, per_batch_s=0.02) as running,
+        server_factory(max_inflight=16, max_inflight_per_stream=3, max_batch=8) as running,
         channel_for(running) as channel,
     ):
         stub = pb_grpc.SegmenterStub(channel)
@@ -99,14 +99,16 @@ def test_max_inflight_per_stream_bounds_one_streams_share(server_factory):
 
 def test_unary_admission_limit_is_refused_at_once(server_factory):
     with (
-        server_factory(max_inflight=2, max_batch=1, per_batch_s=0.2) as running,
+        server_factory(max_inflight=2, max_batch=1) as running,
         channel_for(running) as channel,
     ):
         stub = pb_grpc.SegmenterStub(channel)
-        held = [stub.Segment.future(raw_request(f"h{i}", IMAGE), timeout=10) for i in range(2)]
-        assert wait_for(lambda: running.service.admission.in_use == 2)
+        running.probe.gate.clear()
+        held = [stub.Segment.future(raw_request(f"h{i}", IMAGE), timeout=60) for i in range(2)]
+        assert wait_until(running, lambda s: s["frames"] == 2)
         with pytest.raises(grpc.RpcError) as err:
-            stub.Segment(raw_request("x", IMAGE), timeout=0.15)  # refused well before its deadline
+            stub.Segment(raw_request("x", IMAGE), timeout=60)  # refused at once, not queued
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "retry with backoff" in err.value.details()
+        running.probe.gate.set()
         assert [f.result().frame_id for f in held] == ["h0", "h1"]
