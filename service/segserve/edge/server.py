@@ -135,6 +135,9 @@ def _options(config: ServerConfig) -> list[tuple[str, int]]:
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.so_reuseport", 0),
+        # No window growth past the 64 KiB default per stream: a stream that stops reading (its
+        # bounds are full) then holds at most one message in grpc's buffers, not megabytes.
+        ("grpc.http2.bdp_probe", 0),
     ]
 
 

@@ -1,0 +1,177 @@
+"""Hostile callers at the limits, at once, against a real `segserve serve` (loopback, bounded):
+32 streams that send 1080p frames and never read, 200 unauthenticated calls that send headers but
+never a message, and a burst of crafted frames (size lies, thousands of progressive scans). Prints a
+table and writes JSON: the server's RSS against its idle figure and the health status throughout.
+
+    .venv/bin/python benchmarks/hostile.py [--seconds 20] [--model PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from segserve._proto.segmentation.v1 import segmentation_pb2 as pb
+from segserve._proto.segmentation.v1 import segmentation_pb2_grpc as pb_grpc
+from segserve.bench import crafted
+from segserve.settings import default_model_path
+
+TOKEN = "hostile-bench-token"
+RESULTS = Path(__file__).parent / "results"
+
+
+def rss_mb(pid: int) -> float:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+)", text).group(1)) / 1024  # type: ignore[union-attr]
+
+
+def start_server(model: Path, token_file: Path) -> tuple[subprocess.Popen, str]:
+    cmd = [sys.executable, "-m", "segserve", "serve", "--model", str(model), "--host", "127.0.0.1",
+           "--port", "0", "--token-file", str(token_file), "--max-pixels", "2073600", "--grace-s", "2"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = proc.stdout.readline()  # type: ignore[union-attr]
+    match = re.search(r"listening on (\S+):(\d+)", line)
+    if not match:
+        proc.kill()
+        raise SystemExit(f"server did not start: {line!r}")
+    return proc, f"127.0.0.1:{match.group(2)}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=20.0, help="how long the attack is held")
+    parser.add_argument("--model", type=Path, default=None, help="ONNX model (default: the shipped one)")
+    args = parser.parse_args()
+    model = args.model or default_model_path()
+    auth = (("authorization", f"Bearer {TOKEN}"),)
+    with tempfile.TemporaryDirectory() as tmp:
+        token_file = Path(tmp) / "token"
+        token_file.write_text(TOKEN)
+        proc, target = start_server(model, token_file)
+        stop = threading.Event()
+        health_log: list[tuple[float, str]] = []
+        rss_log: list[float] = []
+        try:
+            channel = grpc.insecure_channel(
+                target,
+                options=[
+                    ("grpc.max_send_message_length", 64 << 20),
+                    ("grpc.max_receive_message_length", 64 << 20),
+                ],
+            )
+            stub = pb_grpc.SegmenterStub(channel)
+            health = health_pb2_grpc.HealthStub(grpc.insecure_channel(target))
+            frame = np.random.default_rng(0).integers(0, 255, (1080, 1920, 3), np.uint8)
+            raw = pb.RawImage(width=1920, height=1080, format=pb.PIXEL_FORMAT_BGR8, data=frame.tobytes())
+            # warm up and take the idle figure
+            for _ in range(5):
+                stub.Segment(pb.SegmentRequest(frame_id="warm", raw=raw), timeout=60, metadata=auth)
+            idle_rss = rss_mb(proc.pid)
+
+            def sender():
+                while not stop.is_set():
+                    yield pb.SegmentRequest(
+                        frame_id="x" * 200,
+                        raw=raw,
+                        outputs=pb.OutputOptions(
+                            mask=pb.MASK_ENCODING_RAW,
+                            overlay=pb.OVERLAY_ENCODING_JPEG,
+                            mask_resolution=pb.MASK_RESOLUTION_FRAME,
+                        ),
+                    )
+
+            streams = [
+                stub.StreamSegment(sender(), timeout=args.seconds + 30, metadata=auth) for _ in range(32)
+            ]
+            for call in streams:  # read one answer each, then never again
+                next(call)
+
+            def never():
+                stop.wait(args.seconds + 30)
+                return
+                yield
+
+            half_sent = [
+                channel.stream_unary("/segmentation.v1.Segmenter/Segment").future(
+                    never(), timeout=args.seconds + 30
+                )
+                for _ in range(200)
+            ]
+            image = frame[:480, :640].copy()
+            bombs = [crafted.size_lie_jpeg(image), crafted.many_scans_jpeg(image)] * 20
+            burst = [
+                stub.Segment.future(pb.SegmentRequest(frame_id="bomb", encoded=b), timeout=60, metadata=auth)
+                for b in bombs
+            ]
+            end = time.monotonic() + args.seconds
+            while time.monotonic() < end:
+                try:
+                    status = health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+                    health_log.append(
+                        (time.monotonic(), health_pb2.HealthCheckResponse.ServingStatus.Name(status))
+                    )
+                except grpc.RpcError as exc:
+                    health_log.append((time.monotonic(), exc.code().name))
+                rss_log.append(rss_mb(proc.pid))
+                time.sleep(0.25)  # a sampling interval, in a benchmark
+            codes: dict[str, int] = {}
+            for future in [*half_sent, *burst]:
+                try:
+                    future.result(timeout=1)
+                    name = "OK"
+                except grpc.RpcError as exc:
+                    name = exc.code().name
+                except grpc.FutureTimeoutError:
+                    name = "pending"
+                codes[name] = codes.get(name, 0) + 1
+            try:  # during the attack: the non-reading streams hold the byte budget, so this is refused
+                stub.Segment(pb.SegmentRequest(frame_id="during", raw=raw), timeout=60, metadata=auth)
+                during = "OK"
+            except grpc.RpcError as exc:
+                during = exc.code().name
+            for call in streams:
+                call.cancel()
+            stop.set()
+            good = stub.Segment(pb.SegmentRequest(frame_id="after", raw=raw), timeout=60, metadata=auth)
+        finally:
+            stop.set()
+            proc.terminate()
+            proc.wait(30)
+    statuses = sorted({s for _, s in health_log})
+    summary = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "attack_s": args.seconds,
+        "idle_rss_mb": round(idle_rss, 1),
+        "peak_rss_mb": round(max(rss_log), 1),
+        "peak_minus_idle_mb": round(max(rss_log) - idle_rss, 1),
+        "health_statuses": statuses,
+        "health_checks": len(health_log),
+        "half_sent_and_crafted_codes": codes,
+        "authenticated_unary_during": during,
+        "authenticated_call_after_streams_closed": good.frame_id == "after",
+        "pass": max(rss_log) - idle_rss <= 500 and statuses == ["SERVING"],
+    }
+    print("| figure | value |\n|---|---|")
+    for key, value in summary.items():
+        print(f"| {key} | {value} |")
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"hostile-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps(summary, indent=1))
+    print(f"wrote {out}")
+    return 0 if summary["pass"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
