@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 SERVICE = "segmentation.v1.Segmenter"
+UNARY_METHODS = ("Segment", "GetModelInfo")
 # Targets gRPC resolves itself (its URI schemes); anything else is host:port for the dns resolver.
 _SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:", "xds:")
 _MAX_GRPC_ATTEMPTS = 5  # grpc caps retryPolicy.maxAttempts at 5
@@ -166,7 +167,9 @@ def service_config(retry: Retry, health_check: bool) -> str:
     if retry.attempts > 1:
         config["methodConfig"] = [
             {
-                "name": [{"service": SERVICE}],
+                # unary calls only: gRPC replays a stream's frames on a retry, and the client moves
+                # streams itself (segserve.failover), knowing which frames were answered
+                "name": [{"service": SERVICE, "method": m} for m in UNARY_METHODS],
                 "retryPolicy": {
                     "maxAttempts": retry.attempts,
                     "initialBackoff": f"{retry.initial_backoff_s:.3f}s",
