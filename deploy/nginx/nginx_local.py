@@ -11,6 +11,7 @@ foreground (``daemon off``) so it dies with its parent's cleanup.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import signal
 import subprocess
@@ -84,7 +85,7 @@ class Nginx:
         if binary is None:
             raise FileNotFoundError("nginx is not installed (Debian: apt-get install nginx)")
         self.log_lines: list[str] = []
-        self._log = Path(log).open("a") if log else None
+        self._log_path = Path(log) if log else None
         self.proc = subprocess.Popen(
             [binary, "-p", str(conf.parent), "-c", str(conf)],
             stdin=subprocess.DEVNULL,
@@ -102,13 +103,15 @@ class Nginx:
 
     def _read(self, ready: threading.Event) -> None:
         assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.log_lines.append(line)
-            if self._log:
-                self._log.write(line)
-                self._log.flush()
-            if READY_LINE in line:
-                ready.set()
+        with contextlib.ExitStack() as stack:
+            out = stack.enter_context(self._log_path.open("a")) if self._log_path else None
+            for line in self.proc.stderr:
+                self.log_lines.append(line)
+                if out is not None:
+                    out.write(line)
+                    out.flush()
+                if READY_LINE in line:
+                    ready.set()
         ready.set()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -120,8 +123,6 @@ class Nginx:
                 self.proc.kill()
                 self.proc.wait()
         self._reader.join(timeout)
-        if self._log:
-            self._log.close()
 
     def __enter__(self) -> Nginx:
         return self
@@ -143,10 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     with Nginx(conf) as nginx:
         print(f"nginx on {args.listen} -> {', '.join(args.replicas)} (Ctrl-C stops it)", flush=True)
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             nginx.proc.wait()
-        except KeyboardInterrupt:
-            pass
     return 0
 
 
