@@ -12,7 +12,6 @@ import grpc
 import numpy as np
 import pytest
 from frames import jpeg, street_frame
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from segserve._proto.segmentation.v1 import segmentation_pb2 as pb
 from segserve._proto.segmentation.v1 import segmentation_pb2_grpc as pb_grpc
@@ -20,6 +19,12 @@ from segserve.client import SegmenterClient, is_loopback
 from segserve.replicas import Retry, channel_target
 from segserve.server import RunningServer
 from servers import start_server
+
+sys.path.insert(0, str(Path(__file__).parent / "deploy"))
+from replica_tools import SMALL, wait_draining
+from replica_tools import address as _address
+from replica_tools import sample as _sample
+from replica_tools import served as _served
 
 
 def test_loopback_detection():
@@ -100,20 +105,6 @@ def test_cli_segment_with_server_down_is_one_line(tmp_path):
 # Real servers on free loopback ports; a replica "drains" through RunningServer.drain_and_stop and
 # "dies" as a `segserve serve` process killed with SIGKILL.
 
-SMALL = street_frame(160, 120)
-
-
-def _address(server: RunningServer) -> str:
-    return f"127.0.0.1:{server.port}"
-
-
-def _sample(server: RunningServer, name: str, **labels: str) -> float:
-    return server.service.metrics.registry.get_sample_value(name, labels) or 0.0
-
-
-def _served(server: RunningServer, method: str = "Segment") -> float:
-    return _sample(server, "segserve_requests_total", method=method)
-
 
 def _until_each_served(client: SegmenterClient, servers: list[RunningServer], limit: int = 200) -> None:
     """Unary calls until every replica answered one: then each is connected in the client's channel."""
@@ -122,23 +113,6 @@ def _until_each_served(client: SegmenterClient, servers: list[RunningServer], li
             return
         client.segment(SMALL)
     raise AssertionError("a replica never got a call")
-
-
-def _wait_draining(port: int) -> None:
-    """Return once the replica on ``port`` refuses new calls (health says NOT_SERVING just before)."""
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
-        next(s for s in watch if s.status == health_pb2.HealthCheckResponse.NOT_SERVING)
-        watch.cancel()
-        stub = pb_grpc.SegmenterStub(channel)
-        probe = pb.SegmentRequest(encoded=jpeg(SMALL))
-        for _ in range(100):
-            try:
-                stub.Segment(probe, timeout=10)
-            except grpc.RpcError as exc:
-                assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
-                return
-    raise AssertionError("the replica never refused a call")
 
 
 @pytest.fixture
@@ -207,7 +181,7 @@ def test_unary_calls_survive_a_draining_replica(replicas, health_check):
         _until_each_served(client, [a, b])
         drainer = threading.Thread(target=a.drain_and_stop, args=(60.0,))
         drainer.start()
-        _wait_draining(a.port)
+        wait_draining(a.port)
         results = [client.segment(frame, str(i)) for i in range(10)]
     assert [r.frame_id for r in results] == [str(i) for i in range(10)]
     assert all(r.mask.shape == (480, 640) for r in results)
@@ -240,7 +214,7 @@ def test_stream_moves_when_its_replica_drains(replicas, policy):
                 victim = next(s for s in servers if _sample(s, "segserve_active_streams") == 1)
                 drainer = threading.Thread(target=victim.drain_and_stop, args=(60.0,))
                 drainer.start()
-                _wait_draining(victim.port)
+                wait_draining(victim.port)
                 go.set()  # the frames from here on cannot be accepted by the draining replica
     drainer.join()  # the client closed: its health watch no longer holds the drain open
     survivor = next(s for s in servers if s is not victim)
