@@ -60,7 +60,7 @@ def render(folder: Path, listen: str, replicas: Sequence[str]) -> Path:
     (folder / "tmp").mkdir(parents=True, exist_ok=True)
     (folder / "segserve.conf").write_text(shipped.replace(SHIPPED_LISTEN, f"    listen {listen} http2;\n"))
     (folder / "segserve-replicas.conf").write_text(
-        "".join(f"server {r} max_fails=1 fail_timeout=5s;\n" for r in replicas)
+        "".join(f"server {r} max_fails=1 fail_timeout=2s;\n" for r in replicas)
     )
     main = folder / "nginx.conf"
     main.write_text(MAIN_CONF.format(prefix=folder))

@@ -1,7 +1,8 @@
 """One logical stream of frames carried over as many StreamSegment calls as replicas come and go.
 
 A replica that drains answers every frame it has read and then ends the call with UNAVAILABLE; one
-that dies ends it with UNAVAILABLE at once. Either way the frames sent on that call and not yet
+that dies ends it with UNAVAILABLE at once (a proxy in between may reset the stream instead: see
+``replica_went_away``). Either way the frames sent on that call and not yet
 answered are known here (answers come in request order), so the stream re-opens on another replica
 (the channel's balancer picks it) and goes on:
 
@@ -11,7 +12,7 @@ answered are known here (answers come in request order), so the stream re-opens 
   server would have done with stale frames) and the stream resumes with the newest.
 
 The caller sees no error for a move; after ``Retry.stream_reopens`` re-opens in a row without an
-answer, the last UNAVAILABLE is raised. Any other status is raised at once.
+answer, the last error is raised. Any other status is raised at once.
 """
 
 from __future__ import annotations
@@ -63,6 +64,16 @@ class StreamUnavailable(grpc.RpcError):
 
     def details(self) -> str:
         return self._message
+
+
+def replica_went_away(exc: grpc.RpcError) -> bool:
+    """UNAVAILABLE (a drain, a dead replica or connection), or a stream reset on the way that no
+    replica answered: a proxy (nginx) ends a stream whose upstream went with RST_STREAM, which
+    gRPC reports as INTERNAL "... RST_STREAM ..." with no status from any server."""
+    code = exc.code()
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return True
+    return code == grpc.StatusCode.INTERNAL and "RST_STREAM" in (exc.details() or "")
 
 
 class Feed:
@@ -200,12 +211,12 @@ def resilient_stream(
                 return
             raise _Moved("the call ended with frames unanswered")  # a replica may not do that: move
         except (grpc.RpcError, _Moved) as exc:
-            if isinstance(exc, grpc.RpcError) and exc.code() != grpc.StatusCode.UNAVAILABLE:
-                raise
             if feed.error is not None:
                 raise feed.error from None
             if feed.finished():
-                return  # every frame was answered: the replica's goodbye concerns no frame of ours
+                return  # every frame was sent and answered: how the call ended concerns none of them
+            if isinstance(exc, grpc.RpcError) and not replica_went_away(exc):
+                raise
             failures += 1
             if failures > retry.stream_reopens:
                 if isinstance(exc, grpc.RpcError):

@@ -35,10 +35,12 @@ class Retry:
     between, the same backoff apart (the first re-open is immediate)."""
 
     attempts: int = 5
-    initial_backoff_s: float = 0.05
-    max_backoff_s: float = 1.0
+    initial_backoff_s: float = 0.1
+    max_backoff_s: float = 2.0
     multiplier: float = 2.0
-    stream_reopens: int = 8
+    # 10 re-opens span 5.5-11 s: longer than a replica behind a proxy (which cannot tell that it
+    # drains) refuses calls before it exits; through the health-checked channel the first one moves
+    stream_reopens: int = 10
 
     def __post_init__(self) -> None:
         if not 1 <= self.attempts <= _MAX_GRPC_ATTEMPTS:
