@@ -387,11 +387,14 @@ def under_load(
     every call and frame is accounted for."""
     stats, check, stop, warm = UnaryStats(), StreamCheck(), threading.Event(), threading.Event()
     unary_fps = camera_fps_total = capacity_fps * LOAD_SHARE / 2
-    answered = iter(range(1, 1 << 30))
+    answered, after, disrupted_at = iter(range(1, 1 << 30)), threading.Event(), [None]
 
     def counted() -> None:
-        if next(answered) >= 2 * CALLERS:
+        n = next(answered)
+        if n >= 2 * CALLERS:
             warm.set()
+        if disrupted_at[0] is not None and n >= disrupted_at[0] + 2 * CALLERS:
+            after.set()
 
     threads = unary_callers(client, frames, stats, None, stop, CALLERS / unary_fps, counted)
     streams = [
@@ -405,14 +408,18 @@ def under_load(
     for t in streams:
         t.start()
     warm.wait(120)
+    moves_before = client.stream_moves
     detail = disrupt()
+    disrupted_at[0] = stats.calls
+    after.wait(120)  # the load goes on a while after, so moved streams carry frames on their new replica
     stop.set()
     for t in threads + streams:
         t.join(120)
     unary, streamed = stats.summary(), check.summary()
     ok = unary["failed"] == 0 and not (check.lost or check.out_of_order or check.frame_errors)
     offered = {"offered_unary_per_s": round(unary_fps, 1), "offered_camera_fps": round(camera_fps_total, 1)}
-    return {**detail, **offered, **unary, **streamed, "pass": ok and not check.failed_streams}
+    moves = {"stream_moves": client.stream_moves - moves_before}
+    return {**detail, **offered, **unary, **streamed, **moves, "pass": ok and not check.failed_streams}
 
 
 def sigterm_one(replica: Replica) -> Callable[[], dict]:

@@ -218,6 +218,7 @@ def test_stream_moves_when_its_replica_drains(replicas, policy):
                 go.set()  # the frames from here on cannot be accepted by the draining replica
     drainer.join()  # the client closed: its health watch no longer holds the drain open
     survivor = next(s for s in servers if s is not victim)
+    assert client.stream_moves >= 1
     assert [r.frame_id for r in results] == [str(i) for i in range(12)]
     assert all(r.error is None for r in results)
     if policy == "queue":
@@ -299,6 +300,7 @@ def test_stream_resends_unanswered_frames_when_its_replica_dies(toy_model, tmp_p
                     threading.Thread(target=kill_when_sent, args=(victim,), daemon=True).start()
                     frozen.set()
         survivor = next(p for p in procs if p is not victim)
+        assert client.stream_moves >= 1
         assert [r.frame_id for r in results] == [str(i) for i in range(12)]
         assert all(r.error is None for r in results)
         if policy == "queue":  # frames 4.. were all answered by the survivor, none lost

@@ -18,6 +18,7 @@ a result whose ``error`` is set and the stream goes on.
 from __future__ import annotations
 
 import ipaddress
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
@@ -172,6 +173,8 @@ class SegmenterClient:
         self.target = channel_target(target)
         self.loopback = is_loopback(target)
         self.retry = retry or Retry()
+        self.stream_moves = 0  # streams re-opened after their replica went away, all streams together
+        self._moves_lock = threading.Lock()
         self.send = ("raw" if self.loopback else "jpeg") if send == "auto" else send
         if self.send not in ("raw", "jpeg"):
             raise ValueError(f"send must be auto, raw or jpeg, got {send!r}")
@@ -298,7 +301,12 @@ class SegmenterClient:
             timeout=timeout,
             on_response=lambda response, item: self.result(response, item.frame_size),
             on_dropped=self._dropped,
+            on_move=self._count_move,
         )
+
+    def _count_move(self) -> None:
+        with self._moves_lock:
+            self.stream_moves += 1
 
     @staticmethod
     def _dropped(item: Sent) -> SegmentResult:

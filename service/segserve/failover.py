@@ -181,13 +181,15 @@ def resilient_stream(
     timeout: float | None,
     on_response: Callable[[pb.SegmentResponse, Sent], object],
     on_dropped: Callable[[Sent], object],
+    on_move: Callable[[], object] = lambda: None,
 ) -> Iterator[object]:
     """Yield ``on_response(...)`` for every frame in order, moving the stream when its replica goes.
 
-    ``open_call(requests, timeout)`` starts one StreamSegment call. ``on_dropped`` makes the result of
-    a frame that ``latest`` skips while moving. Raises grpc.RpcError (the last UNAVAILABLE once the
-    re-opens are spent, or StreamUnavailable, any other status at once) and whatever the caller's
-    frame iterator raised."""
+    ``open_call(requests, timeout)`` starts one StreamSegment call. ``on_dropped`` makes the result
+    of a frame that ``latest`` skips while moving; ``on_move`` is told of every re-open.
+
+    Raises grpc.RpcError: the last error once the re-opens are spent (StreamUnavailable when the
+    replicas refused frames), any other status at once; and whatever the caller's iterator raised."""
     deadline = None if timeout is None else time.monotonic() + timeout
     failures = 0
     while True:
@@ -218,6 +220,7 @@ def resilient_stream(
             if isinstance(exc, grpc.RpcError) and not replica_went_away(exc):
                 raise
             failures += 1
+            on_move()
             if failures > retry.stream_reopens:
                 if isinstance(exc, grpc.RpcError):
                     raise

@@ -102,6 +102,7 @@ def test_camera_stream_through_nginx_moves_when_its_replica_drains(pair, tmp_pat
                 go.set()  # the frames from here on cannot be accepted by the draining replica
     drainer.join()
     survivor = next(s for s in pair if s is not victim)
+    assert client.stream_moves >= 1
     assert [r.frame_id for r in results] == [str(i) for i in range(16)]
     assert all(r.error is None and r.mask is not None for r in results)
     assert served(survivor, "StreamSegment") >= 1
