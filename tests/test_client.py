@@ -17,7 +17,7 @@ from segserve._proto.segmentation.v1 import segmentation_pb2 as pb
 from segserve._proto.segmentation.v1 import segmentation_pb2_grpc as pb_grpc
 from segserve.client import SegmenterClient, is_loopback
 from segserve.replicas import Retry, channel_target
-from segserve.server import RunningServer
+from segserve.edge.server import RunningServer
 from servers import start_server
 
 sys.path.insert(0, str(Path(__file__).parent / "deploy"))

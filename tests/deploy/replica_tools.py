@@ -7,7 +7,7 @@ from frames import jpeg, street_frame
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from segserve._proto.segmentation.v1 import segmentation_pb2 as pb
 from segserve._proto.segmentation.v1 import segmentation_pb2_grpc as pb_grpc
-from segserve.server import RunningServer
+from segserve.edge.server import RunningServer
 
 SMALL = street_frame(160, 120)
 
@@ -27,10 +27,14 @@ def served(server: RunningServer, method: str = "Segment") -> float:
 
 def wait_draining(port: int) -> None:
     """Return once the replica on ``port`` refuses new calls (its health says NOT_SERVING just
-    before it starts refusing, so a probe call follows the health change)."""
+    before it starts refusing, so a probe call follows the health change), or is already gone."""
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
-        next(s for s in watch if s.status == health_pb2.HealthCheckResponse.NOT_SERVING)
+        try:
+            next(s for s in watch if s.status == health_pb2.HealthCheckResponse.NOT_SERVING)
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+            return  # it drained and stopped before we looked: past draining
         watch.cancel()
         stub = pb_grpc.SegmenterStub(channel)
         probe = pb.SegmentRequest(encoded=jpeg(SMALL))
