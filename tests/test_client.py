@@ -16,8 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from segserve._proto.segmentation.v1 import segmentation_pb2 as pb
 from segserve._proto.segmentation.v1 import segmentation_pb2_grpc as pb_grpc
 from segserve.client import SegmenterClient, is_loopback
-from segserve.replicas import Retry, channel_target
 from segserve.edge.server import RunningServer
+from segserve.replicas import Retry, channel_target
 from servers import start_server
 
 sys.path.insert(0, str(Path(__file__).parent / "deploy"))
