@@ -9,7 +9,7 @@ DEV_STAMP  := $(VENV)/.installed-dev
 DEMO_STAMP := $(VENV)/.installed-demo
 BENCH_IMAGES ?= /work/shared/data/camvid/val/images
 
-.PHONY: install test demo dist proto proto-check bench gpu-check lint format clean
+.PHONY: install test demo dist proto proto-check bench gpu-check scale-test lint format clean
 
 install: $(DEV_STAMP)
 
@@ -48,6 +48,10 @@ bench: install
 # The GPU check (benchmarks/gpu/README.md): on the GPU machine after staging; ARGS=--dry-run anywhere.
 gpu-check:
 	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) benchmarks/gpu/check.py $(ARGS)
+
+# 3 replicas + nginx on loopback, bounded load, failover and rolling restart (docs/scaling.md)
+scale-test: install
+	$(PY) benchmarks/scale_test.py
 
 lint: install
 	$(VENV)/bin/ruff check service tests benchmarks tools

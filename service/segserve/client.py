@@ -5,6 +5,12 @@
         for r in client.stream(frames, overlay="jpeg"):       # in order, one result per frame
             ...
 
+    # several replicas: calls spread per call, a draining replica's refusals are retried elsewhere,
+    # a stream whose replica goes away moves to another without losing a frame
+    with SegmenterClient(["10.0.0.11:50051", "10.0.0.12:50051"]) as client:   # or "dns:///seg:50051"
+        for r in client.stream(camera_frames, camera_id="front-left"):
+            ...
+
 Unary failures raise ``grpc.RpcError`` with the server's status; on a stream a failed frame yields
 a result whose ``error`` is set and the stream goes on.
 """
@@ -12,8 +18,9 @@ a result whose ``error`` is set and the stream goes on.
 from __future__ import annotations
 
 import ipaddress
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -24,7 +31,9 @@ import numpy as np
 from segserve import codec
 from segserve._proto.segmentation.v1 import segmentation_pb2 as pb
 from segserve._proto.segmentation.v1 import segmentation_pb2_grpc as pb_grpc
+from segserve.failover import Feed, Sent, resilient_stream
 from segserve.labels import ClassInfo, LabelMap
+from segserve.replicas import Retry, channel_target, names_several, service_config, target_hosts
 from segserve.types import Timing
 
 Image = np.ndarray | bytes
@@ -36,6 +45,8 @@ _OVERLAYS = {
 }
 _POLICIES = {"queue": pb.STREAM_POLICY_QUEUE, "latest": pb.STREAM_POLICY_LATEST}
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+CAMERA_HEADER = "x-camera-id"  # nginx's `hash $http_x_camera_id consistent` keeps a camera on one replica
+_MAX_CAMERA_ID = 128
 
 
 @dataclass(frozen=True)
@@ -81,14 +92,32 @@ class ModelInfo:
     std: tuple[float, ...] = ()
 
 
-def is_loopback(target: str) -> bool:
-    host = target.rsplit(":", 1)[0].strip("[]")
-    if host in ("localhost", "") or target.startswith("unix:"):
+def _host_is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def is_loopback(target: str | Sequence[str]) -> bool:
+    """Whether every replica ``target`` names is on this machine."""
+    hosts = target_hosts(target)
+    return bool(hosts) and all(_host_is_loopback(h) for h in hosts)
+
+
+def _camera_metadata(camera_id: str) -> tuple[str, str]:
+    if (
+        not camera_id
+        or len(camera_id) > _MAX_CAMERA_ID
+        or not camera_id.isascii()
+        or not camera_id.isprintable()
+    ):
+        raise ValueError(
+            f"camera_id must be 1..{_MAX_CAMERA_ID} printable ASCII characters, got {camera_id!r}"
+        )
+    return (CAMERA_HEADER, camera_id)
 
 
 def _status_code(value: int) -> grpc.StatusCode:
@@ -114,11 +143,12 @@ def open_channel(
 
 
 class SegmenterClient:
-    """A channel to one server. Thread-safe: ``segment`` may be called from many threads."""
+    """A channel to one server or several replicas. Thread-safe: ``segment`` may be called from many
+    threads."""
 
     def __init__(
         self,
-        target: str = "localhost:50051",
+        target: str | Sequence[str] = "localhost:50051",
         *,
         token: str | None = None,
         root_certificates: Path | bytes | None = None,
@@ -126,21 +156,45 @@ class SegmenterClient:
         send: str = "auto",
         jpeg_quality: int = 90,
         timeout: float | None = 30.0,
+        retry: Retry | None = None,
+        health_check: bool | None = None,
     ):
-        """``send``: how numpy frames travel: ``raw`` pixels, ``jpeg``, or ``auto`` (raw on loopback)."""
-        self.target = target
+        """``target``: ``host:port``, a list of them (or one string with commas), or any gRPC target
+        (``dns:///segserve-headless:50051``, ``ipv4:10.0.0.1:50051,10.0.0.2:50051``); calls are
+        balanced per call over every address (round_robin).
+
+        ``send``: how numpy frames travel: ``raw`` pixels, ``jpeg``, or ``auto`` (raw on loopback).
+        ``retry``: bounds of the retries and stream re-opens when a replica drains or goes away.
+        ``health_check``: leave out of the pick any replica whose gRPC health says NOT_SERVING;
+        default: on when the client balances itself (several replicas, ``dns:``/``ipv4:``/``ipv6:``),
+        off for one ``host:port``, which may be a proxy answering for one replica only.
+
+        Raises ValueError for a malformed target or option."""
+        self.target = channel_target(target)
         self.loopback = is_loopback(target)
+        self.retry = retry or Retry()
+        self.stream_moves = 0  # streams re-opened after their replica went away, all streams together
+        self._moves_lock = threading.Lock()
         self.send = ("raw" if self.loopback else "jpeg") if send == "auto" else send
         if self.send not in ("raw", "jpeg"):
             raise ValueError(f"send must be auto, raw or jpeg, got {send!r}")
         self.jpeg_quality = jpeg_quality
         self.timeout = timeout
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
+        check = names_several(target) if health_check is None else health_check
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.service_config", service_config(self.retry, check)),
+            ("grpc.enable_retries", 1),
+            # gRPC retries only what it still holds: without this a raw frame over 256 KiB is never retried
+            ("grpc.per_rpc_retry_buffer_size", MAX_MESSAGE_BYTES + (1 << 20)),
+            # a replica back from a restart gets calls again within seconds, not gRPC's 2 minutes
+            ("grpc.max_reconnect_backoff_ms", 5_000),
+            ("grpc.keepalive_time_ms", 20_000),  # find a replica that vanished without closing
+            ("grpc.keepalive_timeout_ms", 10_000),
         ]
-        self.channel = open_channel(target, root_certificates, client_cert, options)
+        self.channel = open_channel(self.target, root_certificates, client_cert, options)
         self.stub = pb_grpc.SegmenterStub(self.channel)
         self._info: ModelInfo | None = None
 
@@ -213,25 +267,54 @@ class SegmenterClient:
         *,
         policy: str = "queue",
         timeout: float | None = None,
+        camera_id: str | None = None,
         **options,
     ) -> Iterator[SegmentResult]:
-        """Segment frames over one StreamSegment call; yields results in order, frame ids "0", "1", ..."""
-        sizes: dict[str, tuple[int, int] | None] = {}
+        """Segment frames over a StreamSegment call; yields results in order, frame ids "0", "1", ...
 
-        def requests() -> Iterator[pb.SegmentRequest]:
+        ``camera_id`` travels as ``x-camera-id`` metadata (a proxy keeps the camera on one replica).
+        When the replica drains or goes away the stream moves to another without an error: with
+        ``queue`` every unanswered frame is sent again, in order; with ``latest`` the unanswered
+        frames but the newest come back ``dropped``. ``timeout`` bounds the whole stream. Raises
+        grpc.RpcError (UNAVAILABLE once ``retry.stream_reopens`` re-opens failed in a row)."""
+        if policy not in _POLICIES:
+            raise ValueError(f"policy must be queue or latest, got {policy!r}")
+        metadata = tuple(self._metadata or ()) + (
+            (_camera_metadata(camera_id),) if camera_id is not None else ()
+        )
+
+        def sent() -> Iterator[Sent]:
             for index, image in enumerate(frames):
+                # every message names the policy: after a move any of them may open the new call
                 msg = self.request(
-                    image,
-                    str(index),
-                    policy=policy if index == 0 else None,
-                    capture_time_us=time.time_ns() // 1000,
-                    **options,
+                    image, str(index), policy=policy, capture_time_us=time.time_ns() // 1000, **options
                 )
-                sizes[msg.frame_id] = self._frame_size(image, msg)
-                yield msg
+                yield Sent(msg, self._frame_size(image, msg))
 
-        for response in self.stub.StreamSegment(requests(), timeout=timeout, metadata=self._metadata):
-            yield self.result(response, sizes.pop(response.frame_id, None))
+        yield from resilient_stream(
+            lambda requests, remaining: self.stub.StreamSegment(
+                requests, timeout=remaining, metadata=metadata or None
+            ),
+            Feed(sent()),
+            policy=policy,
+            retry=self.retry,
+            timeout=timeout,
+            on_response=lambda response, item: self.result(response, item.frame_size),
+            on_dropped=self._dropped,
+            on_move=self._count_move,
+        )
+
+    def _count_move(self) -> None:
+        with self._moves_lock:
+            self.stream_moves += 1
+
+    @staticmethod
+    def _dropped(item: Sent) -> SegmentResult:
+        """A latest-policy frame skipped while the stream moved to another replica."""
+        msg = item.msg
+        return SegmentResult(
+            msg.frame_id, None, None, Timing(), dropped=True, capture_time_us=msg.capture_time_us
+        )
 
     def model_info(self) -> ModelInfo:
         info = self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout, metadata=self._metadata)
