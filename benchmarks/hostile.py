@@ -36,8 +36,8 @@ def rss_mb(pid: int) -> float:
 
 
 def start_server(model: Path, token_file: Path) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "segserve", "serve", "--model", str(model), "--host", "127.0.0.1",
-           "--port", "0", "--token-file", str(token_file), "--max-pixels", "2073600", "--grace-s", "2"]  # fmt: skip
+    cmd = [sys.executable, "-m", "segserve", "serve", "--model", str(model), "--host", "127.0.0.1"]
+    cmd += ["--port", "0", "--token-file", str(token_file), "--max-pixels", "2073600", "--grace-s", "2"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = proc.stdout.readline()  # type: ignore[union-attr]
     match = re.search(r"listening on (\S+):(\d+)", line)
