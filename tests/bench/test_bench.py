@@ -62,7 +62,7 @@ def test_naive_reference_does_the_same_work_as_the_pipeline(server, core_session
 
     data = jpeg(street_frame(seed=3))
     theirs = naive.process(data)
-    ours = server.service.pipeline.process(FrameRequest(encoded=data, options=OPTIONS))
+    ours = server.call(server.service.pipeline.process(FrameRequest(encoded=data, options=OPTIONS)))
     assert set(theirs.stages_ms) == set(naive_module.STAGES)
     mask_naive, mask_ours = decode_mask_png(theirs.mask_png), decode_mask_png(ours.mask.data)
     assert mask_naive.shape == mask_ours.shape == (1080, 1920)
@@ -127,6 +127,8 @@ def test_quick_run_writes_json_table_and_plots(
         "a_around_network_speedup",
         "b_segment_rpc_over_inprocess_p50",
         "c_stream4_over_inprocess4_per_frame_cost",
+        "d_model_infer_over_segment_p50_1_callers",
+        "d_model_infer_over_segment_p50_8_callers",
     }
     assert acceptance["a_around_network_speedup"]["value"] is not None
     assert isinstance(results["ratios"]["to_bare_ort_p50"]["inprocess"], float)
