@@ -49,8 +49,8 @@ sys.path.insert(0, str(REPO / "deploy" / "nginx"))
 
 import nginx_local  # noqa: E402
 from segserve.client import SegmenterClient  # noqa: E402
+from segserve.settings import SHIPPED_MODEL as MODEL  # noqa: E402
 
-MODEL = REPO / "models" / "segserve-camvid.onnx"
 CLIP = REPO / "demo" / "solidWhiteRight.mp4"
 RESULTS = REPO / "benchmarks" / "results"
 CALLERS, CAMERAS, REPLICAS = 16, 8, 3

@@ -195,6 +195,34 @@ def test_unary_calls_survive_a_draining_replica(replicas, health_check):
     drainer.join()
 
 
+def test_unary_calls_never_fail_while_a_replica_drains_and_stops(replicas):
+    """Calls all through a replica's shutdown: refused (UNAVAILABLE), cut by the stopping server
+    (CANCELLED) or a connection refused; each is retried on another replica."""
+    a, b = replicas[:2]
+    failures: list[str] = []
+    done = threading.Event()
+    answered = [0]
+    with SegmenterClient([_address(a), _address(b)], health_check=False) as client:
+        _until_each_served(client, [a, b])
+
+        def call_until_done() -> None:
+            while not done.is_set():
+                try:
+                    client.segment(SMALL)
+                    answered[0] += 1
+                except grpc.RpcError as exc:
+                    failures.append(f"{exc.code().name}: {exc.details()}")
+
+        callers = [threading.Thread(target=call_until_done) for _ in range(4)]
+        for t in callers:
+            t.start()
+        a.drain_and_stop(2.0)
+        done.set()
+        for t in callers:
+            t.join()
+    assert failures == [] and answered[0] > 0
+
+
 @pytest.mark.parametrize("policy", ["queue", "latest"])
 def test_stream_moves_when_its_replica_drains(replicas, policy):
     servers = replicas[:2]

@@ -67,13 +67,18 @@ class StreamUnavailable(grpc.RpcError):
 
 
 def replica_went_away(exc: grpc.RpcError) -> bool:
-    """UNAVAILABLE (a drain, a dead replica or connection), or a stream reset on the way that no
-    replica answered: a proxy (nginx) ends a stream whose upstream went with RST_STREAM, which
-    gRPC reports as INTERNAL "... RST_STREAM ..." with no status from any server."""
-    code = exc.code()
+    """Whether a stream's call ended because its replica (or the way to it) went, not for a reason
+    of the caller's: UNAVAILABLE (a drain, a dead replica or connection); CANCELLED, which this
+    module never causes on a live call, so a server that cut its calls at the end of its grace or a
+    proxy that reset the stream (RST_STREAM CANCEL) did; INTERNAL "... RST_STREAM ..." (a proxy
+    ending a stream whose upstream went, with no status from any server). Not a channel the caller
+    closed."""
+    code, details = exc.code(), exc.details() or ""
     if code == grpc.StatusCode.UNAVAILABLE:
         return True
-    return code == grpc.StatusCode.INTERNAL and "RST_STREAM" in (exc.details() or "")
+    if code == grpc.StatusCode.CANCELLED:
+        return "Channel closed" not in details
+    return code == grpc.StatusCode.INTERNAL and "RST_STREAM" in details
 
 
 class Feed:

@@ -28,7 +28,8 @@ _MAX_GRPC_ATTEMPTS = 5  # grpc caps retryPolicy.maxAttempts at 5
 class Retry:
     """How hard the client tries another replica.
 
-    A call refused with UNAVAILABLE (a draining or vanished replica) is retried by gRPC itself, on
+    A call refused with UNAVAILABLE or CANCELLED (a draining, stopping or vanished replica) is
+    retried by gRPC itself, on
     the next replica, at most ``attempts`` times in all (gRPC's limit is 5), after a random wait of
     up to ``initial_backoff_s`` growing by ``multiplier`` to ``max_backoff_s``. A stream whose
     replica goes away is re-opened at most ``stream_reopens`` times in a row without an answer in
@@ -177,7 +178,9 @@ def service_config(retry: Retry, health_check: bool) -> str:
                     "initialBackoff": f"{retry.initial_backoff_s:.3f}s",
                     "maxBackoff": f"{retry.max_backoff_s:.3f}s",
                     "backoffMultiplier": retry.multiplier,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
+                    # CANCELLED: a replica that stops cancels the calls that reach it meanwhile
+                    # (both methods are idempotent; the caller's own cancel is never retried)
+                    "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"],
                 },
             }
         ]
