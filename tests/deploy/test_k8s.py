@@ -13,6 +13,7 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
+from segserve import settings
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 # The oldest release with every field used: native gRPC probes (GA 1.27), preStop sleep (1.30).
@@ -178,6 +179,15 @@ def test_kserve_inferenceservice_is_a_raw_deployment_with_an_h2c_port():
     # The predictor is a pod spec plus KServe's own fields: the pod part must be a valid Pod.
     pod_spec = {k: v for k, v in predictor.items() if k not in {"minReplicas", "maxReplicas"}}
     validate_core({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "segserve"}, "spec": pod_spec})
+
+
+def test_every_setting_in_the_manifests_is_a_serve_option():
+    """SEGSERVE_* variables the pods set are `segserve serve` options (a renamed one would be ignored)."""
+    known = {o.env_name for o in settings.SERVE_OPTIONS + settings.MODEL_OPTIONS if o.env_name}
+    used = set()
+    for path in K8S.rglob("*.yaml"):
+        used |= set(re.findall(r"name: (SEGSERVE_[A-Z0-9_]+)", path.read_text()))
+    assert used and used <= known, sorted(used - known)
 
 
 def test_base_files_validate_without_kustomize():
