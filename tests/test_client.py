@@ -301,7 +301,9 @@ def test_stream_resends_unanswered_frames_when_its_replica_dies(toy_model, tmp_p
     procs = [ReplicaProcess(toy_model, tmp_path / f"replica{i}.log") for i in range(2)]
     try:
         addresses = [p.wait_listening() for p in procs]
-        frames = [street_frame(160, 120, seed=i) for i in range(12)]
+        # JPEGs of a few KB: the frames sent to the frozen replica fit its HTTP/2 window, so sending
+        # them never waits on it
+        frames = [jpeg(street_frame(160, 120, seed=i)) for i in range(12)]
         frozen, sent_more, killed = threading.Event(), threading.Event(), threading.Event()
 
         def source():
