@@ -336,8 +336,9 @@ def test_stream_resends_unanswered_frames_when_its_replica_dies(toy_model, tmp_p
         if policy == "queue":  # frames 4.. were all answered by the survivor, none lost
             assert all(r.mask is not None and not r.dropped for r in results)
             assert survivor.sample("segserve_requests_total", method="StreamSegment") >= 8
-        else:  # the unanswered frames but the newest were dropped; the stream resumed
-            assert results[4].dropped and results[5].dropped and results[-1].mask is not None
+        else:  # the stream resumed with the newest frame; stale ones may be dropped, none errs
+            assert results[6].mask is not None or results[6].dropped
+            assert results[-1].mask is not None and not results[-1].dropped
     finally:
         for p in procs:
             p.close()

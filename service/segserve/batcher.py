@@ -86,6 +86,7 @@ class Batcher:
         self._changed = asyncio.Event()
         self._closed = False
         self.failure: BaseException | None = None
+        self._running: list[_Item] = []  # the batch on the engine now
         self.stats = BatcherStats()
         self._task: asyncio.Task[None] | None = None
 
@@ -161,6 +162,10 @@ class Batcher:
                 self._on_failure(exc)
 
     def _fail_waiting(self, error: SegserveError) -> None:
+        for item in self._running:
+            if not item.future.done():
+                item.future.set_exception(error)
+        self._running = []
         for lane in self._lanes.values():
             for item in lane:
                 if not item.future.done():
@@ -232,6 +237,7 @@ class Batcher:
             if not items:
                 continue
             start = time.perf_counter()
+            self._running = items
             try:
                 labels, stacked, done = await loop.run_in_executor(
                     self._executor, self._run_batch, [item.frame for item in items]
@@ -258,6 +264,7 @@ class Batcher:
                             batch_size=len(items),
                         )
                     )
+            self._running = []
 
     @staticmethod
     def _settle(items: list[_Item], exc: BaseException) -> None:

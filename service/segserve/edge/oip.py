@@ -218,6 +218,7 @@ class InferenceServicer:
                 self.stats.failed(time.perf_counter_ns() - started)
             await self._refuse(context, method, exc)
             raise  # unreachable: abort raises
+        self.service.metrics.requests.labels(method).inc(len(parsed.frames))
         try:
             results = await _segment_all(self.service, parsed.frames, method)
         except SegserveError as exc:  # counted in the metrics by the service
