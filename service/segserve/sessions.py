@@ -263,10 +263,21 @@ class StreamSession:
         try:
             while self._accepting:
                 self._waiting_for_client = True
+                # queue policy: take the frame's per-stream slot before reading it, so a stream whose
+                # answers are not being read holds no frame the server read but cannot run
+                slot = self.policy == "queue"
+                if slot:
+                    await self._slots.acquire()
                 try:
                     incoming = await anext(iterator)
                 except StopAsyncIteration:
+                    if slot:
+                        self._slots.release()
                     break
+                except BaseException:
+                    if slot:
+                        self._slots.release()
+                    raise
                 finally:
                     self._waiting_for_client = False
                 self._touch()
@@ -277,6 +288,8 @@ class StreamSession:
                 self._out.append(entry)
                 self._arrived.set()
                 if isinstance(incoming, FrameFailure):
+                    if slot:
+                        self._slots.release()
                     self._resolve(entry, incoming)
                 elif self.policy == "latest":
                     self._offer_latest(incoming, entry)
@@ -304,12 +317,7 @@ class StreamSession:
         entry.outcome.set_result(outcome)
 
     async def _admit_and_start(self, request: FrameRequest, entry: _Entry) -> None:
-        """A per-stream slot, then global admission, then the frame runs as a task of its own."""
-        try:
-            await self._slots.acquire()
-        except asyncio.CancelledError:
-            self._resolve(entry, FrameFailure(request.frame_id, ShuttingDown("stream closing"), 0))
-            raise
+        """With its per-stream slot taken: global admission, then the frame runs as a task of its own."""
         entry.slot = True
         try:
             ticket = await self._admission.admit(request.nbytes)

@@ -29,7 +29,8 @@ from segserve.edge.oip_model import ModelDescription
 from segserve.edge.oip_stats import InferStats
 from segserve.edge.oip_tensors import Wanted, fill_response, frames_of, wanted_outputs
 from segserve.edge.segmentation import Malformed, deadline_of, lenient
-from segserve.errors import InvalidFrame, SegserveError, ShuttingDown, StreamIdle
+from segserve.edge.streaming import stream_call
+from segserve.errors import InvalidFrame, SegserveError, ShuttingDown
 from segserve.service import Service
 from segserve.sessions import Dropped, FrameFailure, Incoming, Outcome
 from segserve.types import FrameRequest, FrameResult, MaskFormat, MaskResolution, OutputOptions, OverlayFormat
@@ -266,25 +267,18 @@ class InferenceServicer:
         self, request_iterator: AsyncIterator[object], context: grpc.aio.ServicerContext
     ):
         method = "ModelStreamInfer"
-        service = self.service
-        try:
-            session = service.open_stream("queue", method)
-        except SegserveError as exc:
-            await self._refuse(context, method, exc)
-            return
-        handler = asyncio.current_task()
-        session.on_idle = handler.cancel if handler is not None else None
-        deadline = deadline_of(context)
-        groups: deque[_Group] = deque()
+        async with stream_call(self.service, context, method) as session:
+            deadline = deadline_of(context)
+            groups: deque[_Group] = deque()
 
-        async def incoming() -> AsyncIterator[Incoming]:
-            async for message in request_iterator:
-                group, items = self._stream_items(message, deadline, method)
-                groups.append(group)  # before its items: their outcomes find it at the front
-                for item in items:
-                    yield item
+            async def incoming() -> AsyncIterator[Incoming]:
+                async for message in request_iterator:
+                    group, items = self._stream_items(message, deadline, method)
+                    del message
+                    groups.append(group)  # before its items: their outcomes find it at the front
+                    for item in items:
+                        yield item
 
-        try:
             async for outcome in session.run(incoming()):
                 group = groups[0]
                 group.outcomes.append(outcome)
@@ -297,21 +291,6 @@ class InferenceServicer:
                 group = groups.popleft()
                 group.outcomes.append(FrameFailure(group.id, ShuttingDown("server is shutting down")))
                 await context.write(self._stream_response(group))
-            if session.end_reason == "draining":
-                service.metrics.error(method, "UNAVAILABLE")
-                context.set_code(grpc.StatusCode.UNAVAILABLE)
-                context.set_details("server is shutting down: every accepted request was answered; reconnect")
-        except StreamIdle as exc:
-            service.metrics.error(method, exc.status)
-            context.set_code(grpc.StatusCode.DEADLINE_EXCEEDED)
-            context.set_details(str(exc))
-        except asyncio.CancelledError:
-            if session.end_reason != "idle":
-                raise
-            service.metrics.error(method, "DEADLINE_EXCEEDED")
-            raise
-        finally:
-            service.close_stream(session)
 
 
 def _unary(fn: Callable, request: type, response: type) -> grpc.RpcMethodHandler:

@@ -17,6 +17,7 @@ import grpc
 
 from segserve._proto.segmentation.v1 import segmentation_pb2 as pb
 from segserve.edge import convert
+from segserve.edge.streaming import stream_call
 from segserve.errors import InvalidFrame, SegserveError, StreamIdle
 from segserve.service import Service
 from segserve.sessions import FrameFailure, Incoming
@@ -109,50 +110,31 @@ class SegmenterServicer:
 
     async def StreamSegment(self, request_iterator: AsyncIterator[object], context: grpc.aio.ServicerContext):
         method = "StreamSegment"
-        service = self.service
-        try:
-            session = service.open_stream("queue", method)
-        except SegserveError as exc:
-            await self._refuse(context, method, exc)
-            return
-        handler = asyncio.current_task()
-        session.on_idle = handler.cancel if handler is not None else None
-        deadline = deadline_of(context)
-        try:
+        idle_s = self.service.limits.stream_idle_s
+        async with stream_call(self.service, context, method) as session:
+            deadline = deadline_of(context)
             messages = aiter(request_iterator)
-            try:
-                first = await asyncio.wait_for(anext(messages), service.limits.stream_idle_s or None)
+            try:  # the first frame carries the stream's policy
+                first = await asyncio.wait_for(anext(messages), idle_s or None)
             except StopAsyncIteration:
                 return
             except asyncio.TimeoutError:
-                raise StreamIdle(f"no frame for {service.limits.stream_idle_s:g}s: stream closed") from None
+                raise StreamIdle(f"no frame for {idle_s:g}s: stream closed") from None
             if isinstance(first, pb.SegmentRequest):
                 with contextlib.suppress(SegserveError):  # the frame itself is answered with the error
                     session.set_policy(convert.stream_policy(first))
+            pending = [self._incoming(first, deadline, method)]
+            del first  # hold no message longer than its frame needs
 
             async def incoming() -> AsyncIterator[Incoming]:
-                yield self._incoming(first, deadline, method)
+                yield pending.pop()
                 async for message in messages:
-                    yield self._incoming(message, deadline, method)
+                    item = self._incoming(message, deadline, method)
+                    del message
+                    yield item
 
             async for outcome in session.run(incoming()):
                 await context.write(convert.response_from_outcome(outcome))
-            if session.end_reason == "draining":
-                service.metrics.error(method, "UNAVAILABLE")
-                context.set_code(grpc.StatusCode.UNAVAILABLE)
-                context.set_details("server is shutting down: every accepted frame was answered; reconnect")
-        except StreamIdle as exc:
-            service.metrics.error(method, exc.status)
-            context.set_code(grpc.StatusCode.DEADLINE_EXCEEDED)
-            context.set_details(str(exc))
-        except asyncio.CancelledError:
-            if session.end_reason != "idle":
-                raise
-            # the idle timer cancelled us while a write was stuck on a client that does not read
-            service.metrics.error(method, "DEADLINE_EXCEEDED")
-            raise
-        finally:
-            service.close_stream(session)
 
 
 def add_servicer(servicer: SegmenterServicer, server: grpc.aio.Server) -> None:
