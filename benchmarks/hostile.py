@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+import cv2
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -27,6 +28,7 @@ from segserve.bench import crafted
 from segserve.settings import default_model_path
 
 TOKEN = "hostile-bench-token"
+METRICS_PORT = 50199
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -35,9 +37,19 @@ def rss_mb(pid: int) -> float:
     return int(re.search(r"VmRSS:\s+(\d+)", text).group(1)) / 1024  # type: ignore[union-attr]
 
 
+def gauges() -> dict[str, float]:
+    """The server's own view of what it holds (frames admitted, bytes buffered, open streams)."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5).read().decode()
+    wanted = ("segserve_inflight_frames", "segserve_buffered_bytes", "segserve_active_streams")
+    return {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith(wanted)}
+
+
 def start_server(model: Path, token_file: Path) -> tuple[subprocess.Popen, str]:
     cmd = [sys.executable, "-m", "segserve", "serve", "--model", str(model), "--host", "127.0.0.1"]
     cmd += ["--port", "0", "--token-file", str(token_file), "--max-pixels", "2073600", "--grace-s", "2"]
+    cmd += ["--metrics-port", str(METRICS_PORT)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = proc.stdout.readline()  # type: ignore[union-attr]
     match = re.search(r"listening on (\S+):(\d+)", line)
@@ -53,6 +65,13 @@ def main() -> int:
     )
     parser.add_argument("--seconds", type=float, default=20.0, help="how long the attack is held")
     parser.add_argument("--model", type=Path, default=None, help="ONNX model (default: the shipped one)")
+    parser.add_argument(
+        "--small-window", action="store_true", help="the attacking client keeps its HTTP/2 window at 64 KiB"
+    )
+    parser.add_argument("--raw", action="store_true", help="streams send 6 MB raw 1080p frames, not JPEG")
+    parser.add_argument(
+        "--small-answers", action="store_true", help="ask for no mask (isolates the read side)"
+    )
     args = parser.parse_args()
     model = args.model or default_model_path()
     auth = (("authorization", f"Bearer {TOKEN}"),)
@@ -63,33 +82,50 @@ def main() -> int:
         stop = threading.Event()
         health_log: list[tuple[float, str]] = []
         rss_log: list[float] = []
+        gauge_log: list[dict[str, float]] = []
         try:
             channel = grpc.insecure_channel(
                 target,
                 options=[
                     ("grpc.max_send_message_length", 64 << 20),
                     ("grpc.max_receive_message_length", 64 << 20),
+                    *([("grpc.http2.bdp_probe", 0)] if args.small_window else []),
                 ],
             )
             stub = pb_grpc.SegmenterStub(channel)
             health = health_pb2_grpc.HealthStub(grpc.insecure_channel(target))
             frame = np.random.default_rng(0).integers(0, 255, (1080, 1920, 3), np.uint8)
+            street = np.zeros((360, 480, 3), np.uint8)
+            street[:180] = (235, 200, 140)
+            street[180:] = (90, 90, 90)
             raw = pb.RawImage(width=1920, height=1080, format=pb.PIXEL_FORMAT_BGR8, data=frame.tobytes())
+            camera_jpeg = cv2.imencode(
+                ".jpg", cv2.resize(street, (1920, 1080)), [cv2.IMWRITE_JPEG_QUALITY, 90]
+            )[1].tobytes()
             # warm up and take the idle figure
             for _ in range(5):
                 stub.Segment(pb.SegmentRequest(frame_id="warm", raw=raw), timeout=60, metadata=auth)
             idle_rss = rss_mb(proc.pid)
 
+            outputs = (
+                pb.OutputOptions(mask=pb.MASK_ENCODING_NONE)
+                if args.small_answers
+                else pb.OutputOptions(
+                    mask=pb.MASK_ENCODING_RAW,
+                    overlay=pb.OVERLAY_ENCODING_JPEG,
+                    mask_resolution=pb.MASK_RESOLUTION_FRAME,
+                )
+            )
+
+            # cameras send JPEG (DESIGN: raw frames only on loopback); --raw sends 6 MB raw frames
+            frame_field = {"raw": raw} if args.raw else {"encoded": camera_jpeg}
+
             def sender():
                 while not stop.is_set():
                     yield pb.SegmentRequest(
                         frame_id="x" * 200,
-                        raw=raw,
-                        outputs=pb.OutputOptions(
-                            mask=pb.MASK_ENCODING_RAW,
-                            overlay=pb.OVERLAY_ENCODING_JPEG,
-                            mask_resolution=pb.MASK_RESOLUTION_FRAME,
-                        ),
+                        **frame_field,
+                        outputs=outputs,
                     )
 
             streams = [
@@ -125,6 +161,7 @@ def main() -> int:
                 except grpc.RpcError as exc:
                     health_log.append((time.monotonic(), exc.code().name))
                 rss_log.append(rss_mb(proc.pid))
+                gauge_log.append(gauges())
                 time.sleep(0.25)  # a sampling interval, in a benchmark
             codes: dict[str, int] = {}
             for future in [*half_sent, *burst]:
@@ -153,9 +190,13 @@ def main() -> int:
     summary = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "attack_s": args.seconds,
+        "stream_frames": "raw 1080p (6 MB)" if args.raw else f"1080p JPEG ({len(camera_jpeg) >> 10} KB)",
+        "answers": "no mask" if args.small_answers else "raw mask at 1080p + JPEG overlay",
         "idle_rss_mb": round(idle_rss, 1),
         "peak_rss_mb": round(max(rss_log), 1),
         "peak_minus_idle_mb": round(max(rss_log) - idle_rss, 1),
+        "peak_buffered_mb": round(max(g["segserve_buffered_bytes"] for g in gauge_log) / 2**20, 1),
+        "peak_inflight_frames": max(g["segserve_inflight_frames"] for g in gauge_log),
         "health_statuses": statuses,
         "health_checks": len(health_log),
         "half_sent_and_crafted_codes": codes,

@@ -32,10 +32,10 @@ class ServiceLimits:
     """What callers may hold, in frames and bytes (see docs/operations.md)."""
 
     max_inflight: int = 32  # frames admitted and not yet answered, all callers
-    max_buffered_bytes: int = 256 * 1024 * 1024  # admitted request bytes + unwritten answers
+    max_buffered_bytes: int = 128 * 1024 * 1024  # admitted request bytes + unwritten answers
     max_streams: int = 32
     max_inflight_per_stream: int = 4
-    max_stream_buffered_bytes: int = 8 * 1024 * 1024
+    max_stream_buffered_bytes: int = 4 * 1024 * 1024
     stream_idle_s: float = 30.0
     max_frame_id_bytes: int = 256
     max_batch: int = 8

@@ -43,7 +43,7 @@ LATEST_MAX_INFLIGHT = 2
 class StreamLimits:
     max_inflight: int = 4  # frames of this stream admitted and not yet written back
     max_unwritten: int = 64  # answers of any kind waiting to be written back
-    max_unwritten_bytes: int = 8 * 1024 * 1024
+    max_unwritten_bytes: int = 4 * 1024 * 1024
     idle_s: float = 30.0
 
 

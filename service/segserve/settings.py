@@ -175,16 +175,16 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     Option(
         "--max-buffered-bytes",
         "requests and unwritten responses held, all callers together",
-        256 * MIB,
+        128 * MIB,
         o.integer(1),
-        shown="256 MiB = 268435456",
+        shown="128 MiB = 134217728",
     ),
     Option(
         "--max-stream-buffered-bytes",
         "unwritten responses held for one stream",
-        8 * MIB,
+        4 * MIB,
         o.integer(1),
-        shown="8 MiB = 8388608",
+        shown="4 MiB = 4194304",
     ),
     Option(
         "--stream-idle-s",

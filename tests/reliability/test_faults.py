@@ -136,13 +136,13 @@ def test_slow_reader_is_bounded_and_then_fully_answered(server_factory):
 
         call = stub.StreamSegment(reqs(), timeout=120)
         first = next(call)  # starts the call, then stop reading
-        # The reader stops once 8 MiB of answers wait (26 of 300 KB) or 4 frames are in flight:
+        # The reader stops once 4 MiB of answers wait (13 of 300 KB) or 4 frames are in flight:
         # flow control then pushes back on the sender, so far fewer than n frames are read.
         assert wait_until(running, lambda s: s["sessions"] and s["frames"] == 0 and s["depth"] == 0)
         stalled = state(running)
         read_while_stalled = stalled["sessions"][0]["read"]
         assert read_while_stalled < n
-        assert stalled["bytes"] <= 8 * 1024 * 1024 + 2 * 640 * 480 + 4 * 640 * 480 * 3
+        assert stalled["bytes"] <= 4 * 1024 * 1024 + 2 * 640 * 480 + 4 * 640 * 480 * 3
         # the stalled stream holds no global slot: other callers are served meanwhile
         assert stub.Segment(raw_request("other", IMAGE), timeout=30).frame_id == "other"
         rest = list(call)

@@ -59,8 +59,8 @@ class ServerConfig:
     metrics_idle_s: float = 10.0
     stream_idle_s: float = 30.0  # a stream with no progress for this long is closed
     max_frame_id_bytes: int = 256
-    max_buffered_bytes: int = 256 * 1024 * 1024  # admitted requests + unwritten answers, all callers
-    max_stream_buffered_bytes: int = 8 * 1024 * 1024  # unwritten answers of one stream
+    max_buffered_bytes: int = 128 * 1024 * 1024  # admitted requests + unwritten answers, all callers
+    max_stream_buffered_bytes: int = 4 * 1024 * 1024  # unwritten answers of one stream
     limits: Limits = field(default_factory=Limits)
 
     def service_limits(self) -> ServiceLimits:
