@@ -4,16 +4,25 @@ engine. The GPU backend itself is tested in tests/gpu."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
+import grpc
 import numpy as np
 import pytest
-from frames import jpeg, street_frame
+from frames import jpeg, png, street_frame
 from segserve import codec
+from segserve._proto.segmentation.v1 import segmentation_pb2 as pb
+from segserve._proto.segmentation.v1 import segmentation_pb2_grpc as pb_grpc
+from segserve.client import SegmenterClient
 from segserve.codec import Limits
 from segserve.device_decode import DeviceDecoder, EncodedFrame, batch_key, decode_on_cpu, open_decoder
 from segserve.engine import Engine, EngineConfig
 from segserve.errors import FrameTooLarge, InvalidFrame, ModelError
+from servers import RunningServer, start_server
 
 CAMVID = sorted((Path(__file__).parent / "fixtures" / "camvid").glob("*/images/*.jpg"))
 
@@ -165,3 +174,258 @@ def test_a_static_batch_model_decodes_into_its_one_batch_size_and_drops_the_rest
     assert np.array_equal(result.labels, reference.run(np.stack([cpu_decode(d) for d in jpegs])))
     assert (engine.stats.calls, engine.stats.frames, engine.stats.padding) == (1, 3, 1)
     assert engine.binding_count == 1 and engine.buffers_for((4, 240, 320, 3)).shape[0] == 4
+
+
+# --- a real server decoding JPEGs with their batch (nvImageCodec's CPU backend feeding a CPU engine) ---
+
+DEVICE_DECODE = {"resize_in_graph": True, "io_binding": True, "device_decode": True}
+
+
+class WatchedDecoder:
+    """The real decoder, counting the frames it decodes; ``hold`` keeps its next batch waiting until
+    ``release`` is set, so frames queue behind it and form the following batch together."""
+
+    def __init__(self, inner: DeviceDecoder):
+        self.inner = inner
+        self.memory, self.location, self.name = inner.memory, inner.location, inner.name
+        self.frames = 0
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.release.set()
+
+    def hold(self) -> None:
+        self.entered.clear()
+        self.release.clear()
+
+    def decode_into(self, jpegs, ptr: int, hw: tuple[int, int]) -> list[str | None]:
+        self.entered.set()
+        assert self.release.wait(60), "the test never released the decoder"
+        self.frames += len(jpegs)
+        return self.inner.decode_into(jpegs, ptr, hw)
+
+
+@pytest.fixture(scope="module")
+def device_server(toy_model, cpu_backend) -> Iterator[tuple[RunningServer, WatchedDecoder]]:
+    running = start_server(toy_model, max_batch=4, engine=DEVICE_DECODE)
+    engine = running.service.engine
+    assert engine.decoder is not None and "nvImageCodec" in engine.decode_note
+    watched = WatchedDecoder(engine.decoder)
+    engine.use_decoder(watched)  # type: ignore[arg-type]  # the real decoder, watched
+    yield running, watched
+    running.drain_and_stop(1.0)
+
+
+@pytest.fixture(scope="module")
+def cpu_server(toy_model) -> Iterator[RunningServer]:
+    """The CPU path with the same in-graph resize: what the device path must agree with."""
+    running = start_server(toy_model, max_batch=4, engine={"resize_in_graph": True})
+    assert running.service.engine.decoder is None
+    yield running
+    running.drain_and_stop(1.0)
+
+
+def stub_of(running: RunningServer) -> tuple[grpc.Channel, pb_grpc.SegmenterStub]:
+    limits = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}", options=limits)
+    return channel, pb_grpc.SegmenterStub(channel)
+
+
+def segment(stub: pb_grpc.SegmenterStub, data: bytes, **outputs) -> pb.SegmentResponse:
+    options = pb.OutputOptions(**{"mask": pb.MASK_ENCODING_RAW, **outputs})
+    return stub.Segment(pb.SegmentRequest(frame_id="f", encoded=data, outputs=options), timeout=60)
+
+
+def raw_mask(response: pb.SegmentResponse) -> np.ndarray:
+    return np.frombuffer(response.mask.data, np.uint8).reshape(response.mask.height, response.mask.width)
+
+
+def wait_for_depth(running: RunningServer, depth: int) -> None:
+    """Until ``depth`` frames wait in the server's batcher, checked each time its loop turns."""
+
+    async def watch() -> bool:
+        for _ in range(6000):  # an overall bound of about a minute, not a timing assertion
+            if running.service.batcher.depth >= depth:
+                return True
+            await asyncio.sleep(0.01)
+        return False
+
+    assert running.call(watch()), f"{depth} frames never reached the batcher"
+
+
+@pytest.fixture(scope="module")
+def test_jpegs(camvid_jpegs) -> list[bytes]:
+    """Real frames, a synthetic 1080p one and a 4:2:0 one of odd size: the sizes cameras send."""
+    odd = street_frame(333, 211, seed=3)
+    return [*camvid_jpegs, jpeg(street_frame(1920, 1080, seed=1)), jpeg(odd, quality=75)]
+
+
+def test_a_server_decodes_jpegs_with_their_batch_and_serves_the_cpu_paths_masks(
+    device_server, cpu_server, test_jpegs
+):
+    running, watched = device_server
+    channel, stub = stub_of(running)
+    cpu_channel, cpu_stub = stub_of(cpu_server)
+    small = [jpeg(street_frame(w, h, seed=w)) for w, h in ((128, 96), (140, 105), (145, 100))]
+    with channel, cpu_channel:
+        before = watched.frames
+        for data in [*test_jpegs, *small]:
+            device = segment(stub, data, coverage=True)
+            mask = raw_mask(device)
+            # The CPU path decodes the whole frame when it needs its pixels (an overlay): the same
+            # pixels the device decodes, then the same in-graph resize.
+            full = raw_mask(segment(cpu_stub, data, overlay=pb.OVERLAY_ENCODING_JPEG))
+            assert mask.shape == full.shape == cpu_decode(data).shape[:2]
+            agree = float(np.mean(mask == full))
+            assert agree >= 0.995, f"{mask.shape}: masks agree on {agree:.2%} of pixels"
+            t = device.timing
+            assert t.decode_us > 0 and t.inference_us > 0 and t.total_us >= t.decode_us + t.inference_us
+        for data in small:
+            # When no n/8 DCT scale under 1 still covers the model's input, the CPU path decodes the whole
+            # frame even without an overlay (larger ones it decodes scaled down: other pixels go into
+            # the graph's resize, and masks differ by more than JPEG tolerance).
+            agree = float(np.mean(raw_mask(segment(stub, data)) == raw_mask(segment(cpu_stub, data))))
+            assert agree >= 0.995, f"masks agree on {agree:.2%} of pixels"
+        assert watched.frames - before == len(test_jpegs) + 2 * len(small)  # all decoded by nvImageCodec
+
+
+def test_a_corrupt_jpeg_fails_alone_in_its_batch(device_server, cpu_server, test_jpegs):
+    running, watched = device_server
+    good = test_jpegs[0]
+    bad = undefined_quant_table(good)
+    channel, stub = stub_of(running)
+    cpu_channel, cpu_stub = stub_of(cpu_server)
+    with channel, cpu_channel:
+        expected = raw_mask(segment(cpu_stub, good, overlay=pb.OVERLAY_ENCODING_JPEG))  # decoded whole
+        results: dict[str, object] = {}
+
+        def call(name: str, data: bytes) -> None:
+            try:
+                results[name] = segment(stub, data)
+            except grpc.RpcError as exc:
+                results[name] = exc
+
+        watched.hold()
+        first = threading.Thread(target=call, args=("first", good))
+        batch = (("a", good), ("bad", bad), ("b", good))
+        threads = [threading.Thread(target=call, args=item) for item in batch]
+        try:
+            first.start()
+            assert watched.entered.wait(60)  # the first batch is on the engine, held
+            for t in threads:
+                t.start()
+            wait_for_depth(running, 3)  # all three queued: they are the next batch
+        finally:
+            watched.release.set()
+        for t in (first, *threads):
+            t.join(60)
+        health = segment(stub, good)  # the server serves on
+    bad_result = results["bad"]
+    assert isinstance(bad_result, grpc.RpcError)
+    assert bad_result.code() == grpc.StatusCode.INVALID_ARGUMENT and "JPEG" in bad_result.details()
+    for name in ("a", "b"):
+        result = results[name]
+        assert isinstance(result, pb.SegmentResponse), result
+        assert result.timing.batch_size == 3  # the bad frame shared their batch
+        assert float(np.mean(raw_mask(result) == expected)) >= 0.995
+    assert np.array_equal(raw_mask(health), raw_mask(results["a"]))
+
+
+def test_overlays_pngs_and_raw_frames_take_the_cpu_path(device_server, cpu_server, test_jpegs):
+    running, watched = device_server
+    channel, stub = stub_of(running)
+    cpu_channel, cpu_stub = stub_of(cpu_server)
+    frame = street_frame(640, 360, seed=5)
+    raw = pb.RawImage(width=640, height=360, format=pb.PIXEL_FORMAT_BGR8, data=frame.tobytes())
+    with channel, cpu_channel:
+        before = watched.frames
+        overlay = {"overlay": pb.OVERLAY_ENCODING_PNG, "overlay_alpha": 0.5}
+        for data in (test_jpegs[0], jpeg(frame)):
+            got, want = segment(stub, data, **overlay), segment(cpu_stub, data, **overlay)
+            assert np.array_equal(raw_mask(got), raw_mask(want)) and got.overlay.data == want.overlay.data
+            assert (got.overlay.width, got.overlay.height) == (got.mask.width, got.mask.height)
+        got, want = segment(stub, png(frame)), segment(cpu_stub, png(frame))
+        assert np.array_equal(raw_mask(got), raw_mask(want))
+        mask_only = pb.OutputOptions(mask=pb.MASK_ENCODING_RAW)
+        request = pb.SegmentRequest(frame_id="raw", raw=raw, outputs=mask_only)
+        assert np.array_equal(raw_mask(stub.Segment(request)), raw_mask(cpu_stub.Segment(request)))
+        assert watched.frames == before  # none of them went to nvImageCodec
+
+
+def test_a_jpeg_for_the_device_is_checked_as_the_cpu_path_checks_it(toy_model, cpu_backend):
+    progressive = cv2.imencode(".jpg", street_frame(320, 240), [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+    assert progressive.count(b"\xff\xda") > 2
+    limits = Limits(max_jpeg_scans=2, max_pixels=100_000)
+    running = start_server(toy_model, engine=DEVICE_DECODE, limits=limits)
+    channel, stub = stub_of(running)
+    try:
+        with channel:
+            assert running.service.pipeline.decodes_on_device
+            for data, status, words in (
+                (progressive, grpc.StatusCode.INVALID_ARGUMENT, "scans"),
+                (jpeg(street_frame(640, 360)), grpc.StatusCode.RESOURCE_EXHAUSTED, "over the limit"),
+                (jpeg(street_frame(320, 240))[:-300], grpc.StatusCode.INVALID_ARGUMENT, "JPEG"),
+            ):
+                for overlay in (pb.OVERLAY_ENCODING_NONE, pb.OVERLAY_ENCODING_JPEG):  # device, CPU path
+                    with pytest.raises(grpc.RpcError) as caught:
+                        segment(stub, data, overlay=overlay)
+                    assert caught.value.code() == status and words in caught.value.details()
+            assert segment(stub, jpeg(street_frame(320, 240))).mask.width == 320
+    finally:
+        running.drain_and_stop(1.0)
+
+
+def test_model_info_says_where_jpegs_are_decoded(device_server, cpu_server):
+    with SegmenterClient(f"127.0.0.1:{device_server[0].port}") as client:
+        info = client.model_info()
+    assert info.decode_device == "cpu" and "nvImageCodec" in info.decode_note
+    with SegmenterClient(f"127.0.0.1:{cpu_server.port}") as client:
+        info = client.model_info()
+    assert (info.decode_device, info.decode_note) == ("cpu", "the model runs on the CPU")
+
+
+def test_serve_option_device_decode(toy_model):
+    from segserve.settings import ServeSettings
+
+    assert ServeSettings(model=toy_model).engine_config().device_decode is None  # auto
+    assert ServeSettings(model=toy_model, device_decode="on").engine_config().device_decode is True
+    off = Engine(ServeSettings(model=toy_model, device_decode="off").engine_config())
+    assert off.decoder is None and "turned off" in off.decode_note
+
+
+def test_the_batcher_never_puts_pixels_and_jpegs_in_one_batch(toy_model, cpu_backend):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from segserve.batcher import Batcher
+
+    engine = Engine(EngineConfig(toy_model, resize_in_graph=True, io_binding=True, max_batch=8))
+    watched = WatchedDecoder(cpu_backend)
+    engine.use_decoder(watched)  # type: ignore[arg-type]
+    data = jpeg(street_frame(320, 240))
+    encoded, pixels = EncodedFrame.from_jpeg(data), codec.decode_encoded(data)
+    bad = EncodedFrame.from_jpeg(undefined_quant_table(data))
+
+    async def main():
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(engine.run, pool, max_batch=8, run_encoded=engine.run_encoded)
+            batcher.start()
+            watched.hold()
+            try:
+                first = asyncio.ensure_future(batcher.infer(encoded))
+                await asyncio.get_running_loop().run_in_executor(None, watched.entered.wait, 60)
+                frames = (pixels, encoded, pixels, bad, encoded)  # a lane each: a lane keeps its order
+                queued = [batcher.infer(f, lane=k) for k, f in enumerate(frames)]
+                rest = asyncio.gather(*queued, return_exceptions=True)
+                await asyncio.sleep(0)  # each infer queues its frame at its first step
+                assert batcher.depth == 5
+            finally:
+                watched.release.set()
+            results = [await first, *await rest]
+            await batcher.close()
+            return results
+
+    first, p1, e1, p2, failed, e2 = asyncio.run(main())
+    assert isinstance(failed, InvalidFrame) and "JPEG" in str(failed)
+    assert [r.batch_size for r in (first, p1, e1, p2, e2)] == [1, 2, 3, 2, 3]
+    assert p1.decode_us == 0 and e1.decode_us > 0
+    for r in (p1, e1, p2, e2):
+        assert np.array_equal(r.labels, first.labels)

@@ -97,3 +97,11 @@ def test_mask_and_overlay_made_together_equal_each_made_alone(pipeline):
         t = result.timing
         assert t.postprocess_us > 0 and t.encode_us > 0
         assert t.total_us >= t.decode_us + t.postprocess_us + t.encode_us
+
+
+def test_a_cpu_install_decodes_jpegs_on_the_cpu_as_before(pipeline):
+    pipe, engine = pipeline
+    assert engine.decoder is None and engine.decode_device == "cpu"
+    assert engine.decode_note == "the model runs on the CPU" and not pipe.pipeline.decodes_on_device
+    frame, size = pipe.pipeline.decode(FrameRequest("f", encoded=jpeg(street_frame(640, 360))))
+    assert isinstance(frame, np.ndarray) and frame.shape == (135, 240, 3) and size == (640, 360)  # DCT 3/8

@@ -7,6 +7,9 @@ frame never waits for company that is not coming. Lanes are taken round-robin so
 cannot starve the others. Items whose deadline passed or whose caller left are never run. The
 engine runs on an executor of its own (ONNX Runtime releases the GIL).
 
+Frames are decoded pixels, or JPEGs the engine decodes on the device (``EncodedFrame``, run with
+``run_encoded``); a batch holds one kind and one size (``device_decode.batch_key``).
+
 Supervised: if the worker itself fails, ``failure`` is set, every waiting caller gets UNAVAILABLE
 at once, new submissions too, and ``on_failure`` is told (the server turns health NOT_SERVING).
 """
@@ -18,13 +21,22 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
-from segserve.errors import DeadlineExceeded, Overloaded, SegserveError, ShuttingDown, Unavailable
+from segserve.device_decode import EncodedFrame, batch_key
+from segserve.errors import (
+    DeadlineExceeded,
+    InvalidFrame,
+    Overloaded,
+    SegserveError,
+    ShuttingDown,
+    Unavailable,
+)
 from segserve.types import UNARY_LANE
 
 log = logging.getLogger(__name__)
@@ -39,11 +51,31 @@ class BatchResult:
     stack_us: int
     inference_us: int
     batch_size: int
+    decode_us: int = 0  # JPEGs decoded with the batch (device decode): the batch's decoding time
+
+
+class EncodedRunResult(Protocol):
+    """What ``run_encoded`` answers (``engine.EncodedRun``)."""
+
+    labels: np.ndarray
+    errors: list[str | None]
+    decode_us: int
+
+
+@dataclass
+class _Ran:
+    """A batch's answer on the engine's thread: ids, per-frame errors, and when each part ended."""
+
+    labels: np.ndarray
+    errors: Sequence[str | None]
+    decode_us: int
+    stacked: float
+    done: float
 
 
 @dataclass(eq=False)
 class _Item:
-    frame: np.ndarray
+    frame: np.ndarray | EncodedFrame
     lane: Hashable
     deadline: float | None  # time.monotonic() seconds
     future: asyncio.Future[BatchResult]
@@ -70,10 +102,14 @@ class Batcher:
         max_queue: int = 64,
         on_batch: Callable[[int], None] | None = None,
         on_failure: Callable[[BaseException], None] | None = None,
+        run_encoded: Callable[[list[EncodedFrame]], EncodedRunResult] | None = None,
     ):
+        """``run``: a stacked pixel batch -> ids; ``run_encoded``: JPEGs of one size -> ids and per-frame
+        errors (``Engine.run_encoded``), for frames the engine decodes on the device."""
         if max_batch < 1 or max_queue < 1:
             raise ValueError("max_batch and max_queue must be at least 1")
         self._run = run
+        self._run_encoded = run_encoded
         self._executor = executor
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
@@ -94,6 +130,11 @@ class Batcher:
         self._task = asyncio.get_running_loop().create_task(self._supervise(), name="segserve-batcher")
 
     # --- producer side ---------------------------------------------------------------------------
+    @property
+    def takes_encoded(self) -> bool:
+        """Whether ``infer`` takes ``EncodedFrame`` JPEGs (a ``run_encoded`` was given)."""
+        return self._run_encoded is not None
+
     @property
     def depth(self) -> int:
         return self._size
@@ -120,12 +161,13 @@ class Batcher:
 
     async def infer(
         self,
-        frame: np.ndarray,
+        frame: np.ndarray | EncodedFrame,
         lane: Hashable = UNARY_LANE,
         deadline: float | None = None,
         announced: bool = False,
     ) -> BatchResult:
-        """Queue one frame and wait for its share of a batch. Raises a SegserveError."""
+        """Queue one frame (pixels, or a JPEG when ``takes_encoded``) and wait for its share of a batch.
+        Raises a SegserveError (InvalidFrame: the engine could not decode this JPEG)."""
         if announced:
             self._announced -= 1
         refusal = self._refusal()
@@ -195,17 +237,18 @@ class Batcher:
         return self._take_round_robin(self.max_batch)
 
     def _take_round_robin(self, limit: int) -> list[_Item]:
-        """Up to ``limit`` items, one lane at a time in turn, all of the first item's shape (frames of
-        other sizes, possible when the graph resizes, wait for the next batch)."""
+        """Up to ``limit`` items, one lane at a time in turn, all of the first item's kind and shape
+        (``batch_key``: frames of other sizes, possible when the graph resizes, and JPEGs among pixels
+        wait for the next batch)."""
         taken: list[_Item] = []
-        shape = None
+        key = None
         skipped = 0
         while len(taken) < limit and self._lanes and skipped < len(self._lanes):
             lane, queue = next(iter(self._lanes.items()))
             self._lanes.pop(lane)
-            if shape is None:
-                shape = queue[0].frame.shape
-            if queue[0].frame.shape == shape:
+            if key is None:
+                key = batch_key(queue[0].frame)
+            if batch_key(queue[0].frame) == key:
                 taken.append(queue.popleft())
             else:
                 skipped += 1
@@ -239,7 +282,7 @@ class Batcher:
             start = time.perf_counter()
             self._running = items
             try:
-                labels, stacked, done = await loop.run_in_executor(
+                ran = await loop.run_in_executor(
                     self._executor, self._run_batch, [item.frame for item in items]
                 )
             except SegserveError as exc:
@@ -253,17 +296,24 @@ class Batcher:
             self.stats.frames += len(items)
             if self._on_batch is not None:
                 self._on_batch(len(items))
+            # Device decode runs inside the engine call: its time is the frames' decode, not inference.
+            inference_us = max(0, int((ran.done - ran.stacked) * 1e6) - ran.decode_us)
             for i, item in enumerate(items):
-                if not item.future.done():
-                    item.future.set_result(
-                        BatchResult(
-                            labels=labels[i],
-                            queue_us=int((start - item.enqueued) * 1e6),
-                            stack_us=int((stacked - start) * 1e6),
-                            inference_us=int((done - stacked) * 1e6),
-                            batch_size=len(items),
-                        )
+                if item.future.done():
+                    continue
+                if ran.errors[i] is not None:
+                    item.future.set_exception(InvalidFrame(ran.errors[i]))
+                    continue
+                item.future.set_result(
+                    BatchResult(
+                        labels=ran.labels[i],
+                        queue_us=int((start - item.enqueued) * 1e6),
+                        stack_us=int((ran.stacked - start) * 1e6),
+                        inference_us=inference_us,
+                        batch_size=len(items),
+                        decode_us=ran.decode_us,
                     )
+                )
             self._running = []
 
     @staticmethod
@@ -272,9 +322,15 @@ class Batcher:
             if not item.future.done():
                 item.future.set_exception(exc)
 
-    def _run_batch(self, frames: list[np.ndarray]) -> tuple[np.ndarray, float, float]:
-        """On the engine's thread: stack, run; returns (labels, stacked time, done time)."""
+    def _run_batch(self, frames: list) -> _Ran:
+        """On the engine's thread: stack and run pixels, or hand JPEGs to ``run_encoded``."""
+        if isinstance(frames[0], EncodedFrame):
+            if self._run_encoded is None:
+                raise SegserveError("internal error: a JPEG was queued for a batcher without run_encoded")
+            stacked = time.perf_counter()  # nothing to stack: the engine decodes into its buffer
+            encoded = self._run_encoded(frames)
+            return _Ran(encoded.labels, encoded.errors, encoded.decode_us, stacked, time.perf_counter())
         batch = np.stack(frames)
         stacked = time.perf_counter()
         labels = self._run(batch)
-        return labels, stacked, time.perf_counter()
+        return _Ran(labels, [None] * len(frames), 0, stacked, time.perf_counter())

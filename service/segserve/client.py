@@ -90,6 +90,8 @@ class ModelInfo:
     label_source: str = ""
     mean: tuple[float, ...] = ()  # per channel, in channel_order and input_range units
     std: tuple[float, ...] = ()
+    decode_device: str = ""  # where JPEGs are decoded: "cpu" or "cuda:N"
+    decode_note: str = ""  # why, in words
 
 
 def _host_is_loopback(host: str) -> bool:
@@ -339,6 +341,8 @@ class SegmenterClient:
             label_source=info.label_source,
             mean=tuple(info.mean),
             std=tuple(info.std),
+            decode_device=info.decode_device,
+            decode_note=info.decode_note,
         )
         return self._info
 

@@ -5,9 +5,9 @@ no per-pixel work. The graph then converts BGR -> RGB, resizes and normalises (`
 nvImageCodec comes with the ``gpu`` extra and is imported only when a GPU provider runs the model.
 Where it or a GPU is missing the CPU path is used, and ``open_decoder`` says why.
 
-How the pipeline uses it (``Engine.decoder`` is not None): a JPEG frame is queued as
-``EncodedFrame.from_jpeg(data)`` instead of decoded pixels, the batcher groups frames by ``shape`` as
-before (``batch_key``: never pixels and JPEGs in one batch), and runs a batch with
+How the pipeline uses it (``Engine.decoder`` is not None, no overlay wanted): a JPEG frame is queued
+as ``EncodedFrame.from_jpeg(data)`` instead of decoded pixels, the batcher groups frames by
+``batch_key`` (never pixels and JPEGs in one batch), and runs a batch of them with
 ``engine.run_encoded(frames)`` instead of ``engine.run(np.stack(...))``.
 """
 
@@ -179,22 +179,27 @@ def _probe_jpeg() -> bytes:
     return cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
 
 
-def open_decoder(device: str, device_id: int) -> tuple[DeviceDecoder | None, str]:
+def open_decoder(device: str, device_id: int, cpu_backend: bool = False) -> tuple[DeviceDecoder | None, str]:
     """(a decoder proven on a small JPEG, its name) where nvImageCodec and a GPU are there, else
-    (None, why the CPU decodes)."""
-    if device != "cuda":
+    (None, why the CPU decodes). ``cpu_backend``: for a CPU engine, nvImageCodec's CPU backend decoding
+    into the bound input buffer (asked for explicitly: it is how the device path runs without a GPU)."""
+    if device == "cuda":
+        memory, where = "cuda", f"cuda:{device_id}"
+    elif device == "cpu" and cpu_backend:
+        memory, where = "cpu", "cpu"
+    else:
         return None, "the model runs on the CPU"
     try:
-        decoder = DeviceDecoder(device_id, "cuda")
+        decoder = DeviceDecoder(device_id, memory)
     except ImportError:
         return None, "nvImageCodec is not installed (pip install 'segserve[gpu]')"
     except Exception as exc:  # the library's own errors: no GPU decoder, driver mismatch, ...
-        return None, f"nvImageCodec could not start on cuda:{device_id}: {exc}"
+        return None, f"nvImageCodec could not start on {where}: {exc}"
     try:
         import onnxruntime as ort
 
         probe = _probe_jpeg()
-        buffer = ort.OrtValue.ortvalue_from_shape_and_type([1, 48, 64, 3], np.uint8, "cuda", device_id)
+        buffer = ort.OrtValue.ortvalue_from_shape_and_type([1, 48, 64, 3], np.uint8, memory, device_id)
         errors = decoder.decode_into([probe], buffer.data_ptr(), (48, 64))
         reference = decode_encoded(probe)
         if errors[0] is None:
@@ -202,7 +207,7 @@ def open_decoder(device: str, device_id: int) -> tuple[DeviceDecoder | None, str
             if diff > 4:  # decoded, but not the picture: refuse rather than serve wrong masks
                 errors[0] = f"probe JPEG decoded {diff:.1f} grey levels off the CPU's"
     except Exception as exc:
-        return None, f"nvImageCodec failed its probe decode on cuda:{device_id}: {exc}"
+        return None, f"nvImageCodec failed its probe decode on {where}: {exc}"
     if errors[0] is not None:
-        return None, f"nvImageCodec failed its probe decode on cuda:{device_id}: {errors[0]}"
+        return None, f"nvImageCodec failed its probe decode on {where}: {errors[0]}"
     return decoder, decoder.name

@@ -268,17 +268,22 @@ class Engine:
             raise ValueError(f"engine expects uint8 [N, {h}, {w}, 3], got {batch.dtype} {list(batch.shape)}")
 
     def _open_decoder(self, wanted: bool | None) -> None:
-        """Decode JPEGs on the device where nvImageCodec and a GPU are there, else say why not."""
+        """Decode JPEGs on the device where nvImageCodec and a GPU are there, else say why not.
+
+        ``wanted`` True (``--device-decode on``) requires it; on a CPU engine with IO binding it then
+        means nvImageCodec's CPU backend decoding into the bound buffer (how the path is tested without
+        a GPU). None (auto) never asks for that: a CPU engine decodes with the CPU path, as before.
+        """
         if wanted is False:
-            reason = "device decode turned off"
-        elif self.device != "cuda":
+            reason = "device decode turned off (--device-decode off)"
+        elif self.device != "cuda" and not wanted:
             reason = "the model runs on the CPU"
         elif not self.resize_in_graph:
             reason = "device decode feeds the in-graph resize: serve with --resize-in-graph"
         elif not self.io_binding:
             reason = "device decode needs IO binding"
         else:
-            self.decoder, reason = device_decode.open_decoder(self.device, self.device_id)
+            self.decoder, reason = device_decode.open_decoder(self.device, self.device_id, cpu_backend=True)
         if self.decoder is None and wanted:
             raise ModelError(f"JPEG decode on the device was required but is not possible: {reason}")
         self._set_decoder(self.decoder, reason)

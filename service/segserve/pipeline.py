@@ -2,6 +2,10 @@
 
 Plain dataclasses in and out, no protobuf or grpc: the edges translate, benchmarks await
 ``Pipeline.process`` in-process, and every stage is timed into a ``Timing``.
+
+With device decode (the engine has a ``decoder``), a JPEG whose caller wants no overlay is not decoded
+here: its header is checked and the bytes go to the batcher as an ``EncodedFrame``, decoded with their
+batch on the device (``device_decode``). An overlay needs the frame's pixels on the host: CPU path.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import cv2
 import numpy as np
@@ -19,6 +23,7 @@ import numpy as np
 from segserve import codec
 from segserve.admission import Ticket
 from segserve.batcher import Batcher, BatchResult
+from segserve.device_decode import JPEG_MAGIC, EncodedFrame
 from segserve.errors import DeadlineExceeded, InvalidFrame
 from segserve.graph import ModelMetadata
 from segserve.labels import mask_to_training_rgb
@@ -35,6 +40,13 @@ from segserve.types import (
 )
 
 T = TypeVar("T")
+
+
+class DecodingEngine(Protocol):
+    """What the pipeline reads of the engine to send JPEGs to the device (``engine.Engine``)."""
+
+    @property
+    def decoder(self) -> object | None: ...
 
 
 def _us(start: float, end: float) -> int:
@@ -57,19 +69,32 @@ class Pipeline:
         limits: codec.Limits | None = None,
         resize_in_graph: bool = False,
         cpu_workers: int | None = None,
+        device_decode: DecodingEngine | None = None,
     ):
+        """``device_decode``: the engine, when JPEGs may be decoded on the device; they are while its
+        ``decoder`` is set (it drops it if the library fails) and the batcher ``takes_encoded``."""
         self.metadata = metadata
         self.resize_in_graph = resize_in_graph
         self.batcher = batcher
         self.limits = limits or codec.Limits()
+        self._device_decode = device_decode
         self.model_id = f"{metadata.name}@{metadata.version}"
         self._model_wh = (metadata.input_width, metadata.input_height)
         self._names = metadata.labels.names
         workers = cpu_workers or max(2, os.cpu_count() or 2)
         self.cpu = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="segserve-cpu")
 
-    def decode(self, request: FrameRequest) -> tuple[np.ndarray, tuple[int, int]]:
-        """The frame's pixels and its own (width, height).
+    @property
+    def decodes_on_device(self) -> bool:
+        """Whether JPEGs wanting no overlay go to the device undecoded now."""
+        return (
+            self._device_decode is not None
+            and self._device_decode.decoder is not None
+            and self.batcher.takes_encoded
+        )
+
+    def decode(self, request: FrameRequest) -> tuple[np.ndarray | EncodedFrame, tuple[int, int]]:
+        """The frame's pixels (or, with device decode, its checked JPEG) and its own (width, height).
 
         Without an overlay only the model's input size of pixels is needed, so a JPEG is decoded
         at the smallest DCT scale that still covers it; the masks keep the frame's own size.
@@ -80,15 +105,19 @@ class Pipeline:
         if request.encoded is None:
             raise InvalidFrame("request has no frame: set `encoded` (JPEG/PNG bytes) or `raw`")
         needs_pixels = request.options.overlay is not OverlayFormat.NONE
+        if not needs_pixels and request.encoded.startswith(JPEG_MAGIC) and self.decodes_on_device:
+            encoded = EncodedFrame.from_jpeg(request.encoded, self.limits)
+            return encoded, (encoded.shape[1], encoded.shape[0])
         frame = codec.decode_encoded(request.encoded, self.limits, None if needs_pixels else self._model_wh)
         return frame, codec.encoded_size(request.encoded)
 
-    def preprocess(self, frame: np.ndarray) -> np.ndarray:
+    def preprocess(self, frame: np.ndarray | EncodedFrame) -> np.ndarray | EncodedFrame:
         """BGR frame -> RGB at the model's input size (normalisation happens in the graph).
 
-        With resize_in_graph the graph does the conversion and resize too: nothing to do here.
+        With resize_in_graph the graph does the conversion and resize too (device decode implies it):
+        nothing to do here.
         """
-        if self.resize_in_graph:
+        if self.resize_in_graph or isinstance(frame, EncodedFrame):
             return frame
         resized = (
             frame
@@ -99,7 +128,7 @@ class Pipeline:
 
     def _decode_and_preprocess(
         self, request: FrameRequest
-    ) -> tuple[np.ndarray, tuple[int, int], np.ndarray, float, float]:
+    ) -> tuple[np.ndarray | EncodedFrame, tuple[int, int], np.ndarray | EncodedFrame, float, float]:
         t0 = time.perf_counter()
         frame, size = self.decode(request)
         t1 = time.perf_counter()
@@ -134,7 +163,7 @@ class Pipeline:
         )
         result = await self.postprocess_and_encode(frame, size, batch.labels, request, ticket)
         t3 = time.perf_counter()
-        result.timing.decode_us = _us(t0, t1)
+        result.timing.decode_us = _us(t0, t1) + batch.decode_us  # device decode: with its batch
         result.timing.preprocess_us = _us(t1, t2) + batch.stack_us
         result.timing.queue_us = batch.queue_us
         result.timing.inference_us = batch.inference_us
@@ -144,7 +173,7 @@ class Pipeline:
 
     async def postprocess_and_encode(
         self,
-        frame: np.ndarray,
+        frame: np.ndarray | EncodedFrame,
         size: tuple[int, int],
         labels: np.ndarray,
         request: FrameRequest,
@@ -166,6 +195,8 @@ class Pipeline:
         if wants_mask:
             jobs.append(self.offload(ticket, self.mask_outputs, size, labels, opts))
         if wants_overlay:
+            if isinstance(frame, EncodedFrame):  # `decode` keeps host pixels for any overlay
+                raise ValueError("an overlay needs the frame's pixels, not a JPEG left for the device")
             jobs.append(self.offload(ticket, self.overlay, frame, size, labels, opts))
         done = await asyncio.gather(*jobs)
         if wants_mask:

@@ -206,6 +206,14 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "--cuda-graph", "capture each batch size as a CUDA graph (CUDA/TensorRT only)", False, switch=True
     ),
     Option(
+        "--device-decode",
+        "decode JPEG frames on the GPU with their batch (nvImageCodec; needs --resize-in-graph and a GPU "
+        "provider). auto: where possible, else on the CPU (the log says why); on: required; off: CPU",
+        "auto",
+        o.choice("auto", "on", "off"),
+        metavar="auto|on|off",
+    ),
+    Option(
         "--trt-cache-dir",
         "TensorRT engine and timing cache folder, kept across restarts",
         None,
@@ -275,6 +283,7 @@ class ServeSettings:
     ort_spinning: bool = False
     resize_in_graph: bool = False
     cuda_graph: bool = False
+    device_decode: str = "auto"
     trt_cache_dir: Path | None = None
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
@@ -347,6 +356,7 @@ class ServeSettings:
             input_size=self.input_size.hw if self.input_size else None,
             resize_in_graph=self.resize_in_graph,
             cuda_graph=self.cuda_graph,
+            device_decode={"auto": None, "on": True, "off": False}[self.device_decode],
             trt_cache_dir=self.trt_cache_dir,
             channel_order=self.channel_order,
             input_range=self.input_range,

@@ -153,8 +153,14 @@ def response_from_outcome(outcome: Outcome) -> pb.SegmentResponse:
 
 
 def model_info_to_proto(
-    metadata: ModelMetadata, providers: list[str], max_batch: int, sha256: str
+    metadata: ModelMetadata,
+    providers: list[str],
+    max_batch: int,
+    sha256: str,
+    decode_device: str = "cpu",
+    decode_note: str = "",
 ) -> pb.ModelInfo:
+    """``decode_device``/``decode_note``: where JPEGs are decoded and why (``Engine.decode_device``)."""
     return pb.ModelInfo(
         name=metadata.name,
         version=metadata.version,
@@ -178,4 +184,6 @@ def model_info_to_proto(
         label_source=metadata.label_source,
         mean=list(metadata.mean),
         std=list(metadata.std),
+        decode_device=decode_device,
+        decode_note=decode_note,
     )

@@ -201,7 +201,7 @@ class ClassInfo(_message.Message):
     def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., color_rgb: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "input_width", "input_height", "classes", "providers", "max_batch", "dynamic_batch", "sha256", "wrapped", "channel_order", "input_range", "input_layout", "input_type", "static_batch", "output_name", "output_kind", "label_source", "mean", "std")
+    __slots__ = ("name", "version", "input_width", "input_height", "classes", "providers", "max_batch", "dynamic_batch", "sha256", "wrapped", "channel_order", "input_range", "input_layout", "input_type", "static_batch", "output_name", "output_kind", "label_source", "mean", "std", "decode_device", "decode_note")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     INPUT_WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -222,6 +222,8 @@ class ModelInfo(_message.Message):
     LABEL_SOURCE_FIELD_NUMBER: _ClassVar[int]
     MEAN_FIELD_NUMBER: _ClassVar[int]
     STD_FIELD_NUMBER: _ClassVar[int]
+    DECODE_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    DECODE_NOTE_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     input_width: int
@@ -242,4 +244,6 @@ class ModelInfo(_message.Message):
     label_source: str
     mean: _containers.RepeatedScalarFieldContainer[float]
     std: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., input_width: _Optional[int] = ..., input_height: _Optional[int] = ..., classes: _Optional[_Iterable[_Union[ClassInfo, _Mapping]]] = ..., providers: _Optional[_Iterable[str]] = ..., max_batch: _Optional[int] = ..., dynamic_batch: _Optional[bool] = ..., sha256: _Optional[str] = ..., wrapped: _Optional[bool] = ..., channel_order: _Optional[str] = ..., input_range: _Optional[str] = ..., input_layout: _Optional[str] = ..., input_type: _Optional[str] = ..., static_batch: _Optional[int] = ..., output_name: _Optional[str] = ..., output_kind: _Optional[str] = ..., label_source: _Optional[str] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ...) -> None: ...
+    decode_device: str
+    decode_note: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., input_width: _Optional[int] = ..., input_height: _Optional[int] = ..., classes: _Optional[_Iterable[_Union[ClassInfo, _Mapping]]] = ..., providers: _Optional[_Iterable[str]] = ..., max_batch: _Optional[int] = ..., dynamic_batch: _Optional[bool] = ..., sha256: _Optional[str] = ..., wrapped: _Optional[bool] = ..., channel_order: _Optional[str] = ..., input_range: _Optional[str] = ..., input_layout: _Optional[str] = ..., input_type: _Optional[str] = ..., static_batch: _Optional[int] = ..., output_name: _Optional[str] = ..., output_kind: _Optional[str] = ..., label_source: _Optional[str] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., decode_device: _Optional[str] = ..., decode_note: _Optional[str] = ...) -> None: ...
