@@ -58,8 +58,11 @@ class Service:
             max_queue=limits.max_inflight,
             on_batch=self.metrics.batch_size.observe,
             on_failure=self._batcher_failed,
+            run_encoded=engine.run_encoded,
         )
-        self.pipeline = Pipeline(engine.metadata, self.batcher, limits.frame, engine.resize_in_graph)
+        self.pipeline = Pipeline(
+            engine.metadata, self.batcher, limits.frame, engine.resize_in_graph, device_decode=engine
+        )
         self.admission = Admission(limits.max_inflight, limits.max_buffered_bytes)
         self.metrics.bind(
             inflight=lambda: self.admission.frames,

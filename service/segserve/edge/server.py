@@ -146,7 +146,14 @@ async def start(engine: Engine, config: ServerConfig, metrics: Metrics | None = 
     service = await Service.start(engine, config.service_limits(), metrics)
     interceptors = [TokenAuthInterceptor(config.token, on_deny=service.metrics.error)] if config.token else []
     grpc_server = grpc.aio.server(options=_options(config), interceptors=interceptors)
-    info = convert.model_info_to_proto(engine.metadata, engine.providers, service.max_batch, engine.sha256)
+    info = convert.model_info_to_proto(
+        engine.metadata,
+        engine.providers,
+        service.max_batch,
+        engine.sha256,
+        engine.decode_device,
+        engine.decode_note,
+    )
     add_servicer(SegmenterServicer(service, info), grpc_server)
     names = [SERVICE_NAME]
     for install in EXTRA_EDGES:
