@@ -276,8 +276,8 @@ class ServeSettings:
     max_pixels: int = 8192 * 8192
     max_jpeg_scans: int = 64
     max_frame_id_bytes: int = 256
-    max_buffered_bytes: int = 256 * MIB
-    max_stream_buffered_bytes: int = 8 * MIB
+    max_buffered_bytes: int = 128 * MIB
+    max_stream_buffered_bytes: int = 4 * MIB
     stream_idle_s: float = 30.0
     intra_op_threads: int = 0
     ort_spinning: bool = False

@@ -6,7 +6,7 @@ sessions work on them, and ``segserve.client`` imports them without pulling in t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -73,7 +73,6 @@ class FrameRequest:
     deadline: float | None = None  # time.monotonic() seconds
     lane: Hashable = UNARY_LANE  # batcher fairness: one lane per stream, one for all unary calls
     capture_time_us: int = 0
-    is_cancelled: Callable[[], bool] | None = None
 
     @property
     def nbytes(self) -> int:

@@ -81,6 +81,17 @@ def frames_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+def acceptance_keys() -> set[str]:
+    return {
+        "a_around_network_speedup",
+        "b_segment_rpc_over_inprocess_p50",
+        "c_stream4_over_inprocess4_per_frame_cost",
+        "d_model_infer_over_segment_p50_1_callers",
+        "d_model_infer_over_segment_p50_8_callers",
+        "e_outside_server_p50_ms_1_callers",
+    }
+
+
 def test_quick_run_writes_json_table_and_plots(
     toy_model: Path, frames_dir: Path, tmp_path: Path, capsys
 ) -> None:
@@ -123,13 +134,10 @@ def test_quick_run_writes_json_table_and_plots(
     assert layers["transfers"]["1"]["h2d_bytes_per_frame"] == 96 * 128 * 3
     assert layers["transfers"]["1"]["d2h_bytes_per_frame"] == 96 * 128
     acceptance = results["acceptance"]
-    assert set(acceptance) == {
-        "a_around_network_speedup",
-        "b_segment_rpc_over_inprocess_p50",
-        "c_stream4_over_inprocess4_per_frame_cost",
-        "d_model_infer_over_segment_p50_1_callers",
-        "d_model_infer_over_segment_p50_8_callers",
-    }
+    required = acceptance_keys()  # the 8-caller rows come only when 8 callers were measured
+    assert required <= set(acceptance) <= required | {"e_outside_server_p50_ms_8_callers"}
+    outside = layers["segment_rpc_threads"]["1"]["outside_server_ms"]
+    assert outside["n"] > 0 and outside["p50"] > 0  # the client always sees more than the server's total
     assert acceptance["a_around_network_speedup"]["value"] is not None
     assert isinstance(results["ratios"]["to_bare_ort_p50"]["inprocess"], float)
     for png in ("layers.png", "scaling.png"):

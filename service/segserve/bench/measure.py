@@ -248,12 +248,25 @@ def segment_rpc(target: str, jpegs: Sequence[bytes], frames: int, warmup: int) -
 def segment_rpc_concurrent(
     target: str, jpegs: Sequence[bytes], threads: int, frames: int, warmup: int
 ) -> dict:
+    """``threads`` callers of unary ``Segment``; ``outside_server_ms``: each call's client-observed
+    latency minus the server's own ``Timing.total_us`` (transport, dispatch, the client's own work)."""
     reqs = requests(jpegs, frames)
+    outside: list[float] = []
+    lock = threading.Lock()
     with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
         stub = pb_grpc.SegmenterStub(channel)
-        return concurrent(
-            lambda i: stub.Segment(reqs[i % len(reqs)], timeout=60).timing.batch_size, threads, frames, warmup
-        )
+
+        def work(i: int) -> int:
+            t0 = time.perf_counter()
+            response = stub.Segment(reqs[i % len(reqs)], timeout=60)
+            client_ms = _ms(t0, time.perf_counter())
+            with lock:
+                outside.append(client_ms - response.timing.total_us / 1000)
+            return response.timing.batch_size
+
+        s = concurrent(work, threads, frames, warmup)
+    s["outside_server_ms"] = summary(outside[warmup:])
+    return s
 
 
 def _one_stream(

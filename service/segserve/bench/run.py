@@ -418,7 +418,26 @@ def ratios(layers: dict) -> tuple[dict, dict]:
         "calling Pipeline.process",
     }
     acceptance.update(model_infer_acceptance(layers))
+    acceptance.update(outside_server_acceptance(layers))
     return out, acceptance
+
+
+def outside_server_acceptance(layers: dict) -> dict:
+    """p50 of (client-observed latency - the server's total_us) for Segment at 1 and 8 callers."""
+    out = {}
+    for k in ("1", "8"):
+        row = layers.get("segment_rpc_threads", {}).get(k, {}).get("outside_server_ms")
+        if not row:
+            continue
+        value = row["p50"]
+        out[f"e_outside_server_p50_ms_{k}_callers"] = {
+            "value": value,
+            "target": "<= 3 ms" if k == "8" else "(reported)",
+            "pass": value <= 3.0 if k == "8" else True,
+            "definition": f"p50 over Segment calls from {k} concurrent caller(s), 1080p JPEGs: latency the "
+            "client observed minus the server's own Timing.total_us",
+        }
+    return out
 
 
 def model_infer_acceptance(layers: dict) -> dict:
