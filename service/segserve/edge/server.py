@@ -138,6 +138,9 @@ def _options(config: ServerConfig) -> list[tuple[str, int]]:
         # No window growth past the 64 KiB default per stream: a stream that stops reading (its
         # bounds are full) then holds at most one message in grpc's buffers, not megabytes.
         ("grpc.http2.bdp_probe", 0),
+        # After 5 minutes a connection is told to go away (GOAWAY); its open streams go on (no age
+        # grace limit) while new calls re-resolve, so clients find replicas a scale-up added.
+        ("grpc.max_connection_age_ms", 300_000),
     ]
 
 
