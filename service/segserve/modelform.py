@@ -16,9 +16,9 @@ by 255 first. Mean and std are listed in the model's own channel order (B G R fo
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterable
 from typing import Any, Generic, TypeVar, cast
 
 import onnx

@@ -32,7 +32,9 @@ MASK_FORMATS = {
     pb.MASK_ENCODING_PNG_RGB: MaskFormat.PNG_RGB,
 }
 # keyed by EncodedImage.format (a mask's is always a MaskFormat, an overlay's an OverlayFormat)
-MASK_ENCODINGS: dict[MaskFormat | OverlayFormat, pb.MaskEncoding] = {fmt: code for code, fmt in MASK_FORMATS.items() if code != pb.MASK_ENCODING_UNSPECIFIED}
+MASK_ENCODINGS: dict[MaskFormat | OverlayFormat, pb.MaskEncoding] = {
+    fmt: code for code, fmt in MASK_FORMATS.items() if code != pb.MASK_ENCODING_UNSPECIFIED
+}
 MASK_RESOLUTIONS = {
     pb.MASK_RESOLUTION_UNSPECIFIED: MaskResolution.FRAME,
     pb.MASK_RESOLUTION_FRAME: MaskResolution.FRAME,
