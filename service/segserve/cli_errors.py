@@ -56,7 +56,7 @@ def explain(exc: BaseException, args: argparse.Namespace | None = None) -> Failu
     if isinstance(exc, ModuleNotFoundError) and exc.name:
         extra = _EXTRAS.get(exc.name.split(".")[0])
         if extra:
-            extra = _COMMAND_EXTRAS.get(getattr(args, "command", None), extra)
+            extra = _COMMAND_EXTRAS.get(getattr(args, "command", None) or "", extra)
             return Failure(
                 f"{exc.name} is not installed; install segserve with the '{extra}' extra "
                 f"(in a clone: pip install -e '.[{extra}]')",

@@ -130,7 +130,7 @@ def open_channel(
     target: str,
     root_certificates: Path | bytes | None = None,
     client_cert: tuple[Path, Path] | None = None,
-    options: list[tuple[str, int]] | None = None,
+    options: list[tuple[str, object]] | None = None,
 ) -> grpc.Channel:
     """A TLS channel when a CA or a client certificate (cert, key) is given, a plain one otherwise."""
     if root_certificates is None and client_cert is None:
@@ -320,7 +320,7 @@ class SegmenterClient:
 
     def model_info(self) -> ModelInfo:
         info = self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout, metadata=self._metadata)
-        classes = tuple(ClassInfo(c.id, c.name, tuple(c.color_rgb)) for c in info.classes)  # type: ignore[arg-type]
+        classes = tuple(ClassInfo(c.id, c.name, tuple(c.color_rgb)) for c in info.classes)
         self._info = ModelInfo(
             name=info.name,
             version=info.version,
@@ -366,7 +366,7 @@ class SegmenterClient:
             if response.HasField("error")
             else None
         )
-        mask = None
+        mask: np.ndarray | None = None
         if response.HasField("mask") and response.mask.data:
             m = response.mask
             if m.encoding == pb.MASK_ENCODING_RAW:

@@ -126,7 +126,7 @@ class DeviceDecoder:
         self._nv = nvimgcodec
         self.memory = memory
         if memory == "cuda":
-            kinds = (nvimgcodec.BackendKind.HW_GPU_ONLY, nvimgcodec.BackendKind.GPU_ONLY)
+            kinds: tuple[object, ...] = (nvimgcodec.BackendKind.HW_GPU_ONLY, nvimgcodec.BackendKind.GPU_ONLY)
             kinds += (nvimgcodec.BackendKind.HYBRID_CPU_GPU,)
             self._decoder = nvimgcodec.Decoder(
                 device_id=device_id,

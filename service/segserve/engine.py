@@ -22,6 +22,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -203,12 +204,13 @@ class Engine:
         if self.resize_in_graph:
             model = add_input_resize(model, *self.input_hw)
         model_input = graph_io(model)[0]  # `images`, or `frames` when the graph resizes
+        cache_dir: dict[str, Any] = {"trt_cache_dir": config.trt_cache_dir} if config.trt_cache_dir else {}
         settings = prov.ProviderSettings(
             max_batch=self.metadata.static_batch or config.max_batch,
             input_name=model_input.name,
             input_dims=tuple(d if isinstance(d, int) and d > 0 else None for d in model_input.shape),
             cuda_graph=config.cuda_graph,
-            **({"trt_cache_dir": config.trt_cache_dir} if config.trt_cache_dir else {}),
+            **cache_dir,
         )
         self.provider_settings = settings
         options = session_options(config.intra_op_threads, config.inter_op_threads, config.spinning)

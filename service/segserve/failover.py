@@ -23,11 +23,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 
 from segserve._proto.segmentation.v1 import segmentation_pb2 as pb
 from segserve.replicas import Retry
+
+R = TypeVar("R")
 
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
 
@@ -184,10 +187,10 @@ def resilient_stream(
     policy: str,
     retry: Retry,
     timeout: float | None,
-    on_response: Callable[[pb.SegmentResponse, Sent], object],
-    on_dropped: Callable[[Sent], object],
+    on_response: Callable[[pb.SegmentResponse, Sent], R],
+    on_dropped: Callable[[Sent], R],
     on_move: Callable[[], object] = lambda: None,
-) -> Iterator[object]:
+) -> Iterator[R]:
     """Yield ``on_response(...)`` for every frame in order, moving the stream when its replica goes.
 
     ``open_call(requests, timeout)`` starts one StreamSegment call. ``on_dropped`` makes the result

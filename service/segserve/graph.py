@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -391,7 +392,7 @@ def prepare_model(
     ``mean``, ``std`` and ``input_size`` override the same fields of ``options``. Raises ModelError
     when the model fits no form segserve can serve without guessing.
     """
-    given = {"mean": mean, "std": std, "input_size": input_size}
+    given: dict[str, Any] = {"mean": mean, "std": std, "input_size": input_size}
     options = replace(options or ModelOptions(), **{k: v for k, v in given.items() if v is not None})
     model, path = load_onnx(source)
     form = analyse(model, options, path)

@@ -83,8 +83,11 @@ class LabelMap:
         hsv[0, :, 1:] = 200
         rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0]
         return cls(
-            tuple(ClassInfo(i, f"class_{i}", tuple(int(v) for v in rgb[i])) for i in range(num_classes))
-        )  # type: ignore[misc]
+            tuple(
+                ClassInfo(i, f"class_{i}", (int(rgb[i][0]), int(rgb[i][1]), int(rgb[i][2])))
+                for i in range(num_classes)
+            )
+        )
 
     @classmethod
     def from_names(cls, names: list[str]) -> LabelMap:

@@ -16,9 +16,10 @@ by 255 first. Mean and std are listed in the model's own channel order (B G R fo
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import onnx
 from onnx import TensorProto
@@ -216,12 +217,13 @@ def _triple(value: object, source: str) -> _TRIPLE:
         except ValueError as exc:
             raise ModelError(f"{source} must be a JSON list of 3 numbers, got {value!r}") from exc
     try:
-        values = tuple(float(v) for v in value)  # type: ignore[union-attr]
+        # anything but an iterable of numbers raises TypeError or ValueError, reported below
+        values = tuple(float(v) for v in cast("Iterable[Any]", value))
     except (TypeError, ValueError) as exc:
         raise ModelError(f"{source} must be 3 numbers, got {value!r}") from exc
     if len(values) != 3:
         raise ModelError(f"{source} must have 3 values (one per channel), got {len(values)}")
-    return values  # type: ignore[return-value]
+    return values
 
 
 def _normalisation(

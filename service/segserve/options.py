@@ -27,7 +27,7 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
 
-    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+    def parse_known_args(self, args=None, namespace=None):
         """Unknown arguments are reported by the (sub)command that got them, not by ``segserve``."""
         namespace, extras = super().parse_known_args(args, namespace)
         if extras:
@@ -106,7 +106,7 @@ def triple(text: str) -> tuple[float, float, float]:
         values = ()
     if len(values) != 3 or not all(math.isfinite(v) for v in values):
         raise ValueError(f"expected three numbers, one per channel, e.g. 123.7,116.3,103.5, got {text!r}")
-    return values  # type: ignore[return-value]
+    return values
 
 
 def choice(*values: str) -> Callable[[str], str]:

@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import cv2
 import numpy as np
@@ -189,9 +189,12 @@ class Pipeline:
         t0 = time.perf_counter()
         wants_overlay = opts.overlay is not OverlayFormat.NONE
         wants_mask = opts.mask is not MaskFormat.NONE or opts.coverage
-        mask_out, coverage, mask_post_s = None, [], 0.0
-        overlay_out, overlay_post_s = None, 0.0
-        jobs = []
+        mask_out: EncodedImage | None = None
+        coverage: list[Coverage] = []
+        mask_post_s = 0.0
+        overlay_out: EncodedImage | None = None
+        overlay_post_s = 0.0
+        jobs: list[Awaitable[Any]] = []
         if wants_mask:
             jobs.append(self.offload(ticket, self.mask_outputs, size, labels, opts))
         if wants_overlay:

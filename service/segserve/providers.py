@@ -104,8 +104,8 @@ def resolve(requested: str, available: list[str], unusable: Mapping[str, str] | 
     requested = requested.strip().lower() or "auto"
     if requested == "auto":
         chosen = [p for p in PREFERENCE if p in available and p not in unusable]
-        for provider, reason in unusable.items():
-            log.info("auto: skipping %s: %s", provider, reason)
+        for skipped, reason in unusable.items():
+            log.info("auto: skipping %s: %s", skipped, reason)
     else:
         chosen = []
         for name in requested.split(","):

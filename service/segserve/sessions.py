@@ -114,7 +114,7 @@ class StreamSession:
         self.limits = limits
         self._on_read = on_read
         self._on_dropped = on_dropped
-        self.on_idle: Callable[[], None] | None = None  # e.g. cancel the transport's handler
+        self.on_idle: Callable[[], object] | None = None  # e.g. cancel the transport's handler
         self.set_policy(policy)
         self._out: deque[_Entry] = deque()
         self._unwritten_bytes = 0

@@ -15,7 +15,7 @@ import argparse
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from segserve import options as o
 from segserve.options import Option, Size, UsageError
@@ -434,7 +434,8 @@ class Connection:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Connection:
-        return cls(**{f.name: getattr(args, f.name, None) for f in fields(cls)})
+        given: dict[str, Any] = {f.name: getattr(args, f.name, None) for f in fields(cls)}
+        return cls(**given)
 
     @property
     def client_cert(self) -> tuple[Path, Path] | None:

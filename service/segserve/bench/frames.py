@@ -52,6 +52,7 @@ def load_frame_sets(images_dir: Path, video: Path | None, count: int) -> dict[st
     for p in paths:
         data = p.read_bytes()
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        assert image is not None, f"cannot decode {p}"
         native.height, native.width = image.shape[:2]
         native.jpegs.append(data if p.suffix.lower() in (".jpg", ".jpeg") else _jpeg(image))
         hd.jpegs.append(_jpeg(cv2.resize(image, (1920, 1080), interpolation=cv2.INTER_LINEAR)))
@@ -79,5 +80,6 @@ def model_inputs(frames: FrameSet, input_hw: tuple[int, int]) -> list[np.ndarray
     out = []
     for data in frames.jpegs:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        assert image is not None, "frame sets hold JPEGs this module encoded or read as images"
         out.append(cv2.cvtColor(cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR), cv2.COLOR_BGR2RGB))
     return out

@@ -10,7 +10,8 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
 
 import grpc
 import numpy as np
@@ -19,8 +20,7 @@ from segserve._proto.segmentation.v1 import segmentation_pb2 as pb
 from segserve._proto.segmentation.v1 import segmentation_pb2_grpc as pb_grpc
 from segserve.bench.stats import histogram, summary
 from segserve.graph import OUTPUT_NAME
-from segserve.pipeline import Pipeline
-from segserve.types import FrameRequest, MaskFormat, MaskResolution, OutputOptions, OverlayFormat
+from segserve.types import FrameRequest, FrameResult, MaskFormat, MaskResolution, OutputOptions, OverlayFormat
 
 # The workload every service layer runs: full-resolution PNG mask and JPEG overlay out.
 OPTIONS = OutputOptions(
@@ -70,9 +70,11 @@ def bare_ort(
     for b in batch_sizes:
         batches = [np.stack([inputs[(i * b + j) % len(inputs)] for j in range(b)]) for i in range(4)]
         calls = max(3, frames // b)
-        times = timed_loop(
-            lambda i, bs=batches: session.run([OUTPUT_NAME], {input_name: bs[i % len(bs)]}), calls, warmup
-        )
+
+        def run_batch(i: int, bs: list[np.ndarray] = batches) -> object:
+            return session.run([OUTPUT_NAME], {input_name: bs[i % len(bs)]})
+
+        times = timed_loop(run_batch, calls, warmup)
         s = summary(times)
         s["per_frame_ms"] = round(s["p50"] / b, 3)
         s["fps"] = round(1000.0 * b / s["p50"], 1)
@@ -151,7 +153,13 @@ def _timing_means(timings: list) -> dict:
     )
 
 
-def pipeline_sequential(pipeline: Pipeline, jpegs: Sequence[bytes], frames: int, warmup: int) -> dict:
+class SyncPipeline(Protocol):
+    """The served pipeline called from a plain thread (``run.LoopPipeline`` runs it on the server's loop)."""
+
+    def process(self, request: FrameRequest) -> FrameResult: ...
+
+
+def pipeline_sequential(pipeline: SyncPipeline, jpegs: Sequence[bytes], frames: int, warmup: int) -> dict:
     timings = []
 
     def one(i: int) -> None:
@@ -165,7 +173,7 @@ def pipeline_sequential(pipeline: Pipeline, jpegs: Sequence[bytes], frames: int,
     return s
 
 
-def concurrent(work: Callable[[int], object], threads: int, frames: int, warmup: int) -> dict:
+def concurrent(work: Callable[[int], int | None], threads: int, frames: int, warmup: int) -> dict:
     """``threads`` workers share ``frames`` calls of ``work(i)``; ``work`` returns the frame's batch size."""
     for i in range(warmup):
         work(i)
@@ -208,7 +216,7 @@ def concurrent(work: Callable[[int], object], threads: int, frames: int, warmup:
 
 
 def pipeline_concurrent(
-    pipeline: Pipeline, jpegs: Sequence[bytes], threads: int, frames: int, warmup: int
+    pipeline: SyncPipeline, jpegs: Sequence[bytes], threads: int, frames: int, warmup: int
 ) -> dict:
     def work(i: int) -> int:
         return pipeline.process(
@@ -370,7 +378,7 @@ def naive(pipeline, jpegs: Sequence[bytes], frames: int, warmup: int) -> dict:
 
 # --- paired (interleaved) measurement ----------------------------------------------------------------
 def interleaved(
-    calls: dict[str, Callable[[int], object]], frames: int, warmup: int, block: int = 8
+    calls: Mapping[str, Callable[[int], object]], frames: int, warmup: int, block: int = 8
 ) -> dict[str, list[float]]:
     """The layers take turns in blocks of ``block`` frames (the same frames for each), so a background load
     that comes and goes (other processes on a shared machine) hits every layer alike; the first call of

@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,6 +19,9 @@ from segserve.bench import measure
 from segserve.bench.frames import load_frame_sets, model_inputs
 from segserve.bench.stats import ratio, summary
 from segserve.demo.errors import DemoError
+
+if TYPE_CHECKING:
+    from segserve.types import FrameRequest, FrameResult
 
 
 def default_out() -> Path:
@@ -120,7 +124,7 @@ class LoopPipeline:
     def __init__(self, running):
         self._running = running
 
-    def process(self, request):
+    def process(self, request: FrameRequest) -> FrameResult:
         return self._running.call(self._running.service.pipeline.process(request))
 
 
@@ -203,7 +207,7 @@ def run(cfg: BenchConfig) -> dict:
 
     pipeline = LoopPipeline(local)
     naive = None
-    if naive_module is not None and core_session is not None:
+    if naive_module is not None and core_session is not None and core is not None:
         palette = np.zeros((256, 3), np.uint8)
         for c in meta_model.labels.classes:
             palette[c.id] = c.color

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
 
-def summary(values_ms: Iterable[float]) -> dict[str, float]:
+def summary(values_ms: Iterable[float]) -> dict[str, Any]:
+    """Count and percentiles; a plain dict that callers extend with their own figures."""
     arr = np.asarray(list(values_ms), dtype=np.float64)
     if arr.size == 0:
         return {"n": 0}

@@ -51,6 +51,10 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _round3(load: tuple[float, float, float]) -> tuple[float, float, float]:
+    return (round(load[0], 2), round(load[1], 2), round(load[2], 2))
+
+
 def _busy_and_total(times) -> tuple[float, float]:
     total = sum(times)
     idle = times.idle + getattr(times, "iowait", 0.0)
@@ -111,8 +115,8 @@ class LoadMonitor:
             cpu_model=cpu_model(),
             cpu_count=psutil.cpu_count(logical=True) or 0,
             cpus_usable=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0,
-            loadavg_start=tuple(round(v, 2) for v in self._load0),
-            loadavg_end=tuple(round(v, 2) for v in os.getloadavg()),
+            loadavg_start=_round3(self._load0),
+            loadavg_end=_round3(os.getloadavg()),
             duration_s=round(duration, 3),
             cpu_percent_mean=round(mean, 1),
             cpu_percent_max=round(max([*self._samples, mean]), 1),

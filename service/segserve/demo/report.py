@@ -69,6 +69,7 @@ def write_report(
     out_dir: Path, records: list[FrameRecord], meta: dict, video: Path | None = None, stem: str = "demo"
 ) -> tuple[ReportPaths, dict]:
     """CSV, latency PNG and summary JSON (the video is written frame by frame by VideoWriter)."""
+    plot: Path | None
     csv_path, plot, summary_path = (
         out_dir / f"{stem}_frames.csv",
         out_dir / f"{stem}_latency.png",

@@ -248,6 +248,7 @@ def _stream(
                 status = f"error: {result.error.code.name} {result.error.message}"
                 right = _placeholder(frame.image, result.error.code.name)
             else:
+                assert result.overlay is not None  # every request asks for a JPEG overlay
                 status, right, jpeg = "ok", result.overlay, response.overlay.data
             record = FrameRecord.from_timing(
                 frame.index, frame.capture_us, send_us, receive_us, status, result.timing

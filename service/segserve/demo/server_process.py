@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import IO
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -50,18 +51,22 @@ class ServerProcess:
             "0",
             *self.extra_args,
         ]
+        log_file: IO[bytes] | None = None
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            err = self.log_path.open("wb")
-        else:
-            err = subprocess.DEVNULL
+            log_file = self.log_path.open("wb")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         # Its own session: a Ctrl-C in the terminal reaches only us, and we stop the server in order.
         self.process = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=err, env=env, text=True, start_new_session=True
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=log_file if log_file is not None else subprocess.DEVNULL,
+            env=env,
+            text=True,
+            start_new_session=True,
         )
-        if self.log_path is not None:
-            err.close()
+        if log_file is not None:
+            log_file.close()
         lines: queue.Queue[str | None] = queue.Queue()
 
         def pump() -> None:

@@ -12,8 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import cast
 
 import av
+import av.container
 import numpy as np
 
 # (encoder, container suffix, FFmpeg options), in order of preference; every entry plays in the
@@ -57,14 +59,18 @@ class VideoWriter:
         self.size = (self.half[0] * 2, self.half[1])
         movflags = {"movflags": "+faststart"} if suffix == ".mp4" else {}
         try:
-            self.container = av.open(str(self.path), mode="w", options=movflags)
+            container = av.open(str(self.path), mode="w", options=movflags)
         except av.FFmpegError as exc:
             raise OSError(f"cannot write {self.path}: {exc}") from None
         try:
-            self.stream = self.container.add_stream(self.codec, rate=_rate(fps), options=options)
+            # every codec in ENCODERS is a video encoder
+            self.stream = cast(
+                av.VideoStream, container.add_stream(self.codec, rate=_rate(fps), options=options)
+            )
         except Exception:
-            self.container.close()
+            container.close()
             raise
+        self.container: av.container.OutputContainer | None = container
         self.stream.width, self.stream.height = self.size
         self.stream.pix_fmt = "yuv420p"
         self.frames = 0
@@ -79,6 +85,7 @@ class VideoWriter:
             halves.append(image)
         picture = av.VideoFrame.from_ndarray(np.hstack(halves), format="bgr24")
         picture.pts = self.frames
+        assert self.container is not None, "write() after close()"
         self.container.mux(self.stream.encode(picture))
         self.frames += 1
 

@@ -6,8 +6,12 @@ pygame comes with the ``demo`` extra (``pip install 'segserve[demo]'``; ``dev`` 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pygame
 
 from segserve.demo.errors import DemoError
 
@@ -36,7 +40,7 @@ class LiveWindow:
             raise DemoError(f"cannot open a window: {exc} (use --headless)") from None
         pygame.display.set_caption(title)
         self.max_width = max_width
-        self.screen = None
+        self.screen: pygame.Surface | None = None
 
     def show(self, bgr: np.ndarray) -> bool:
         pg = self.pg

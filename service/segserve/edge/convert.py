@@ -31,7 +31,10 @@ MASK_FORMATS = {
     pb.MASK_ENCODING_PNG: MaskFormat.PNG,
     pb.MASK_ENCODING_PNG_RGB: MaskFormat.PNG_RGB,
 }
-MASK_ENCODINGS = {fmt: code for code, fmt in MASK_FORMATS.items() if code != pb.MASK_ENCODING_UNSPECIFIED}
+# keyed by EncodedImage.format (a mask's is always a MaskFormat, an overlay's an OverlayFormat)
+MASK_ENCODINGS: dict[MaskFormat | OverlayFormat, pb.MaskEncoding] = {
+    fmt: code for code, fmt in MASK_FORMATS.items() if code != pb.MASK_ENCODING_UNSPECIFIED
+}
 MASK_RESOLUTIONS = {
     pb.MASK_RESOLUTION_UNSPECIFIED: MaskResolution.FRAME,
     pb.MASK_RESOLUTION_FRAME: MaskResolution.FRAME,
@@ -43,7 +46,7 @@ OVERLAY_FORMATS = {
     pb.OVERLAY_ENCODING_JPEG: OverlayFormat.JPEG,
     pb.OVERLAY_ENCODING_PNG: OverlayFormat.PNG,
 }
-OVERLAY_ENCODINGS = {
+OVERLAY_ENCODINGS: dict[MaskFormat | OverlayFormat, pb.OverlayEncoding] = {
     fmt: code for code, fmt in OVERLAY_FORMATS.items() if code != pb.OVERLAY_ENCODING_UNSPECIFIED
 }
 PIXEL_FORMATS = {pb.PIXEL_FORMAT_BGR8: PixelFormat.BGR, pb.PIXEL_FORMAT_RGB8: PixelFormat.RGB}

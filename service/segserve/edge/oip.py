@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from tritonclient.grpc import service_pb2 as oip
@@ -293,7 +294,7 @@ class InferenceServicer:
                 await context.write(self._stream_response(group))
 
 
-def _unary(fn: Callable, request: type, response: type) -> grpc.RpcMethodHandler:
+def _unary(fn: Callable, request: type[Any], response: type[Any]) -> grpc.RpcMethodHandler:
     return grpc.unary_unary_rpc_method_handler(
         fn, request_deserializer=lenient(request.FromString), response_serializer=response.SerializeToString
     )

@@ -230,7 +230,7 @@ def fill_response(
     """Add the outputs (raw contents, in ``wanted``'s order) and the timing parameters."""
     n = len(results)
     if wanted.labels:
-        labels = [np.ascontiguousarray(r.labels, np.uint8) for r in results]  # type: ignore[arg-type]
+        labels = [np.ascontiguousarray(r.labels, np.uint8) for r in results]
         h, w = labels[0].shape
         response.outputs.add(name=LABELS, datatype="UINT8", shape=[n, h, w])
         response.raw_output_contents.append(

@@ -33,8 +33,8 @@ def sample_logits(
         x = torch.from_numpy(images[i : i + 4]).permute(0, 3, 1, 2).float()
         logits4 = model((x - mean) / std)
         h2, w2 = (images.shape[1] + 1) // 2, (images.shape[2] + 1) // 2
-        half = torch.nn.functional.interpolate(logits4, size=(h2, w2), mode="bilinear", align_corners=False)
-        half = half.permute(0, 2, 3, 1).numpy()
+        up = torch.nn.functional.interpolate(logits4, size=(h2, w2), mode="bilinear", align_corners=False)
+        half = up.permute(0, 2, 3, 1).numpy()
         for j, m in enumerate(masks[i : i + 4]):
             m2 = m[::2, ::2][:h2, :w2]
             idx = np.flatnonzero(m2.ravel() > 0)
@@ -72,5 +72,7 @@ def fit_offsets(logits: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, floa
 
 def apply_offsets(model: SegNetRT, offsets: np.ndarray) -> None:
     """Add the offsets to the classifier bias (the logits shift by the same constants)."""
+    bias = model.classifier.bias
+    assert bias is not None, "the classifier is built with a bias"
     with torch.no_grad():
-        model.classifier.bias += torch.from_numpy(offsets).to(model.classifier.bias.dtype)
+        bias += torch.from_numpy(offsets).to(bias.dtype)

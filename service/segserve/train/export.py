@@ -29,6 +29,9 @@ DEFAULT_SIZE = (360, 480)
 class ServedModel(nn.Module):
     """uint8 NHWC RGB frames -> uint8 class ids, wrapping a SegNetRT."""
 
+    scale: torch.Tensor  # buffers (register_buffer), which nn.Module's typing cannot see
+    shift: torch.Tensor
+
     def __init__(
         self, net: SegNetRT, mean: tuple[float, ...], std: tuple[float, ...], size: tuple[int, int]
     ) -> None:
@@ -162,13 +165,13 @@ def export_checkpoint(
         offsets, before, after = fit_offsets(*sample_logits(net, images, masks, m_t, s_t))
         apply_offsets(net, offsets)
         del images, masks
-    size = size or tuple(ck.get("input_size", DEFAULT_SIZE))  # type: ignore[assignment]
+    size = size or tuple(ck.get("input_size", DEFAULT_SIZE))
     label_map = LabelMap.from_dict(ck["label_map"])
-    served = export_model(net, label_map, out, mean, std, size, name, version)  # type: ignore[arg-type]
+    served = export_model(net, label_map, out, mean, std, size, name, version)
     report: dict = {
         "model": str(out),
         "labels": str(labels_json_path(out)),
-        "input_size": list(size),  # type: ignore[arg-type]
+        "input_size": list(size),
         "parameters": count_parameters(net),
         "epoch": ck.get("epoch"),
         "best_val_miou": ck.get("best"),

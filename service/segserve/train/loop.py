@@ -134,7 +134,8 @@ class Trainer:
         self.images, self.masks = load_split(cfg.data)
         self.val = load_split(cfg.val) if cfg.val else None
         self.model_cfg = ModelConfig(**{**cfg.model, "num_classes": self.num_classes})
-        self.model = SegNetRT(self.model_cfg).to(memory_format=torch.channels_last)
+        # Module.to takes memory_format at run time; torch's overloads of `to` leave it out
+        self.model = SegNetRT(self.model_cfg).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.weight = class_weights(self.masks, self.num_classes, cfg.class_weight_power)
         self.rng = np.random.default_rng(cfg.seed)

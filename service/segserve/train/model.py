@@ -43,12 +43,12 @@ class ModelConfig:
     def from_dict(cls, data: dict) -> ModelConfig:
         return cls(
             num_classes=int(data["num_classes"]),
-            stem=tuple(data["stem"]),  # type: ignore[arg-type]
+            stem=tuple(data["stem"]),
             detail=int(data["detail"]),
-            context=tuple(data["context"]),  # type: ignore[arg-type]
+            context=tuple(data["context"]),
             skip=int(data["skip"]),
             head=int(data["head"]),
-            blocks=tuple(data.get("blocks", (2, 2))),  # type: ignore[arg-type]
+            blocks=tuple(data.get("blocks", (2, 2))),
         )
 
 
