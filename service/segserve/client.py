@@ -237,9 +237,9 @@ class SegmenterClient:
             if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
                 raise ValueError(f"expected a BGR uint8 (H, W, 3) image, got {frame.dtype} {frame.shape}")
             height, width = frame.shape[:2]
-            msg.raw.CopyFrom(
-                pb.RawImage(width=width, height=height, format=pb.PIXEL_FORMAT_BGR8, data=frame.tobytes())
-            )
+            raw = msg.raw  # set in place: CopyFrom of a made-apart message copies the pixels twice
+            raw.width, raw.height, raw.format = width, height, pb.PIXEL_FORMAT_BGR8
+            raw.data = frame.tobytes()
         else:
             msg.encoded = codec.encode_jpeg(image, self.jpeg_quality)
         opts = msg.outputs

