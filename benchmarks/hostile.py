@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -70,6 +71,9 @@ def main() -> int:
     )
     parser.add_argument("--raw", action="store_true", help="streams send 6 MB raw 1080p frames, not JPEG")
     parser.add_argument(
+        "--model-masks", action="store_true", help="masks at the model's size (what SegmenterClient asks for)"
+    )
+    parser.add_argument(
         "--small-answers", action="store_true", help="ask for no mask (isolates the read side)"
     )
     args = parser.parse_args()
@@ -113,7 +117,9 @@ def main() -> int:
                 else pb.OutputOptions(
                     mask=pb.MASK_ENCODING_RAW,
                     overlay=pb.OVERLAY_ENCODING_JPEG,
-                    mask_resolution=pb.MASK_RESOLUTION_FRAME,
+                    mask_resolution=pb.MASK_RESOLUTION_MODEL
+                    if args.model_masks
+                    else pb.MASK_RESOLUTION_FRAME,
                 )
             )
 
@@ -191,7 +197,10 @@ def main() -> int:
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "attack_s": args.seconds,
         "stream_frames": "raw 1080p (6 MB)" if args.raw else f"1080p JPEG ({len(camera_jpeg) >> 10} KB)",
-        "answers": "no mask" if args.small_answers else "raw mask at 1080p + JPEG overlay",
+        "answers": "no mask"
+        if args.small_answers
+        else f"raw mask at {'the model size' if args.model_masks else '1080p'} + JPEG overlay",
+        "server_env": {k: v for k, v in os.environ.items() if k.startswith("SEGSERVE_")},
         "idle_rss_mb": round(idle_rss, 1),
         "peak_rss_mb": round(max(rss_log), 1),
         "peak_minus_idle_mb": round(max(rss_log) - idle_rss, 1),
