@@ -16,7 +16,7 @@ from frames import street_frame
 
 SRC = str(Path(__file__).resolve().parents[2] / "service")
 # 30 s at 25 fps: the Ctrl-C tests interrupt it after ~1.5 s, with room to spare on a loaded machine
-LONG_CLIP_FRAMES = 750
+LONG_CLIP_FRAMES = 3000  # 2 minutes at 25 fps: no loaded machine gets to its end first
 
 
 def write_video(path: Path, frames: int, size: tuple[int, int] = (320, 180), fps: float = 25.0) -> Path:
@@ -77,7 +77,7 @@ class DemoProcess:
             if match := re.search(pattern, line):
                 return match
 
-    def finish(self, timeout: float = 60.0) -> tuple[int, str, str]:
+    def finish(self, timeout: float = 180.0) -> tuple[int, str, str]:
         """Wait for the exit: (code, all stdout, stderr)."""
         try:
             code = self.process.wait(timeout)

@@ -253,7 +253,6 @@ def _stream(
             record = FrameRecord.from_timing(
                 frame.index, frame.capture_us, send_us, receive_us, status, result.timing
             )
-            records.append(record)
             stats.add(record)
             if web is not None:  # the server's own JPEG when there is one: no second encode
                 web.publish(jpeg or _jpeg(right), stats.figures())
@@ -261,6 +260,9 @@ def _stream(
                 right = draw_hud(right, stats, info.labels, title)
             if writer is not None:
                 writer.write(frame.image, right)
+            records.append(record)  # last: a Ctrl-C anywhere above leaves the frame out of every output
+            if len(records) == 1:  # the warm-up cost a user sees first (and what scripts may wait for)
+                log(f"first frame answered: {(receive_us - frame.capture_us) / 1000:.0f} ms after capture")
             if window is not None and not window.show(right):
                 log("window closed")
                 break
