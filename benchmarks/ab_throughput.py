@@ -18,7 +18,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import grpc
 import numpy as np
 from segserve._proto.segmentation.v1 import segmentation_pb2 as pb
 from segserve._proto.segmentation.v1 import segmentation_pb2_grpc as pb_grpc
+from segserve.bench.measure import concurrent
 from segserve.settings import default_model_path
 
 RESULTS = Path(__file__).parent / "results"
@@ -57,39 +57,16 @@ def start(tree: Path, model: Path) -> tuple[subprocess.Popen, str]:
     return proc, f"127.0.0.1:{match.group(2)}"
 
 
-def block(
-    target: str, requests: list[pb.SegmentRequest], callers: int, frames: int
-) -> tuple[float, list[float]]:
-    """``frames`` Segment calls shared by ``callers`` threads: (frames/s, latencies in ms)."""
-    counter = iter(range(frames))
-    lock = threading.Lock()
-    latencies: list[float] = []
-    barrier = threading.Barrier(callers + 1)
-    options = [("grpc.max_receive_message_length", 64 << 20)]
-    with grpc.insecure_channel(target, options=options) as channel:
+def block(target: str, requests: list[pb.SegmentRequest], callers: int, frames: int) -> tuple[float, float]:
+    """``frames`` Segment calls shared by ``callers`` threads (the bench's closed loop): (fps, p50 ms)."""
+    with grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20)]) as channel:
         stub = pb_grpc.SegmenterStub(channel)
-        stub.Segment(requests[0], timeout=60)  # connected and warm
 
-        def worker() -> None:
-            barrier.wait()
-            while True:
-                with lock:
-                    i = next(counter, None)
-                if i is None:
-                    return
-                t0 = time.perf_counter()
-                stub.Segment(requests[i % len(requests)], timeout=60)
-                with lock:
-                    latencies.append((time.perf_counter() - t0) * 1000)
+        def work(i: int) -> int:
+            return stub.Segment(requests[i % len(requests)], timeout=60).timing.batch_size
 
-        threads = [threading.Thread(target=worker) for _ in range(callers)]
-        for t in threads:
-            t.start()
-        barrier.wait()
-        t0 = time.perf_counter()
-        for t in threads:
-            t.join()
-        return frames / (time.perf_counter() - t0), latencies
+        s = concurrent(work, callers, frames, warmup=1)
+    return s["fps"], s["p50"]
 
 
 def main() -> int:
@@ -123,9 +100,9 @@ def main() -> int:
             lat: dict[str, list[float]] = {"a": [], "b": []}
             for _ in range(args.blocks):
                 for side in ("a", "b"):
-                    f, latencies = block(servers[side][1], requests, k, args.frames)
+                    f, p50 = block(servers[side][1], requests, k, args.frames)
                     fps[side].append(f)
-                    lat[side].extend(latencies)
+                    lat[side].append(p50)
             row = {
                 side: {
                     "fps": round(float(np.median(fps[side])), 2),
