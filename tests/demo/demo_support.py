@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import queue
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -42,6 +43,12 @@ def segserve(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return run_module("segserve", *args, timeout=timeout)
 
 
+def default_sigint() -> None:
+    """In a child: Ctrl-C back to its default. A test run started as a background job (``cmd &`` in
+    a script) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class DemoProcess:
     """``python -m module args`` in the background, its stdout read line by line on a thread."""
 
@@ -52,6 +59,7 @@ class DemoProcess:
             stderr=subprocess.PIPE,
             text=True,
             env={**os.environ, "PYTHONPATH": SRC},
+            preexec_fn=default_sigint,
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.seen: list[str] = []

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import cv2
-from demo_support import LONG_CLIP_FRAMES, SRC, segserve
+from demo_support import LONG_CLIP_FRAMES, SRC, default_sigint, segserve
 from segserve.cli import main
 from segserve.demo.video import probe
 
@@ -145,6 +145,7 @@ def test_ctrl_c_still_writes_the_report(target: str, long_clip: Path, tmp_path: 
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": SRC},
+        preexec_fn=default_sigint,
     )
     csv_path = tmp_path / "demo_frames.csv"
     _wait_for_line(process, "first frame answered")  # frames are flowing: interrupt mid-clip
@@ -215,6 +216,7 @@ def test_ctrl_c_in_a_terminal_during_make_demo(toy_model: Path, long_clip: Path,
         text=True,
         env={**os.environ, "PYTHONPATH": SRC},
         start_new_session=True,
+        preexec_fn=default_sigint,
     )
     before = _wait_for_line(process, "first frame answered")
     os.killpg(process.pid, signal.SIGINT)
