@@ -177,34 +177,8 @@ def concurrent(work: Callable[[int], int | None], threads: int, frames: int, war
     """``threads`` workers share ``frames`` calls of ``work(i)``; ``work`` returns the frame's batch size."""
     for i in range(warmup):
         work(i)
-    counter = iter(range(frames))
-    lock = threading.Lock()
-    latencies: list[float] = []
-    batches: list[int] = []
-    start = threading.Barrier(threads + 1)
-
-    def worker() -> None:
-        start.wait()
-        while True:
-            with lock:
-                i = next(counter, None)
-            if i is None:
-                return
-            t0 = time.perf_counter()
-            batch = work(i)
-            t1 = time.perf_counter()
-            with lock:
-                latencies.append(_ms(t0, t1))
-                batches.append(int(batch or 0))
-
-    pool = [threading.Thread(target=worker) for _ in range(threads)]
-    for t in pool:
-        t.start()
-    start.wait()
-    t0 = time.perf_counter()
-    for t in pool:
-        t.join()
-    wall = time.perf_counter() - t0
+    latency_of, batches_of, wall = _mixed({"work": work}, threads, frames)
+    latencies, batches = latency_of["work"], batches_of["work"]
     s = summary(latencies)
     s.update(
         concurrency=threads,
@@ -428,7 +402,9 @@ def model_infer_requests(model: str, jpegs: Sequence[bytes], frames: int) -> lis
     return out
 
 
-def _mixed(calls: dict[str, Callable[[int], int]], threads: int, frames: int) -> tuple[dict, dict, float]:
+def _mixed(
+    calls: dict[str, Callable[[int], int | None]], threads: int, frames: int
+) -> tuple[dict, dict, float]:
     """``threads`` callers share ``frames`` calls, alternating between the methods of ``calls`` (each
     returns the frame's batch size), so both run under the very same load at the same time: (latencies
     ms per method, batch sizes per method, wall seconds)."""
@@ -452,7 +428,7 @@ def _mixed(calls: dict[str, Callable[[int], int]], threads: int, frames: int) ->
             t1 = time.perf_counter()
             with lock:
                 latencies[name].append(_ms(t0, t1))
-                batches[name].append(batch)
+                batches[name].append(int(batch or 0))
 
     pool = [threading.Thread(target=worker) for _ in range(threads)]
     for t in pool:
