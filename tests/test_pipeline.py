@@ -105,3 +105,21 @@ def test_a_cpu_install_decodes_jpegs_on_the_cpu_as_before(pipeline):
     assert engine.decode_note == "the model runs on the CPU" and not pipe.pipeline.decodes_on_device
     frame, size = pipe.pipeline.decode(FrameRequest("f", encoded=jpeg(street_frame(640, 360))))
     assert isinstance(frame, np.ndarray) and frame.shape == (135, 240, 3) and size == (640, 360)  # DCT 3/8
+
+
+
+def test_admission_charges_the_pixels_a_frame_will_decode_to(pipeline):
+    """The byte budget bounds what frames really hold: a JPEG is charged its decoded pixels, read from
+    its header at the door (a 36 KB JPEG of 1080p becomes 6 MB)."""
+    pipe, _ = pipeline
+    p = pipe.pipeline
+    encoded = jpeg(street_frame(640, 360))
+    with_overlay = FrameRequest("o", encoded=encoded, options=OutputOptions(overlay=OverlayFormat.JPEG))
+    assert p.cost(with_overlay) == with_overlay.nbytes + 640 * 360 * 3
+    mask_only = FrameRequest("m", encoded=encoded)  # decoded at a DCT scale near the model's size
+    model_w, model_h = p._model_wh
+    assert p.cost(mask_only) == mask_only.nbytes + 3 * min(640 * 360, 4 * model_w * model_h)
+    raw = RawFrame(200, 100, PixelFormat.BGR, street_frame(200, 100).tobytes())
+    assert p.cost(FrameRequest("r", raw=raw)) == FrameRequest("r", raw=raw).nbytes
+    not_an_image = FrameRequest("x", encoded=b"\xff\xd8 not a jpeg")  # refused by decode, charged its bytes
+    assert p.cost(not_an_image) == not_an_image.nbytes

@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from segserve import cli_errors, logs
+from segserve import cli_errors, logs, malloc
 from segserve import options as o
 from segserve.cli_errors import Fatal
 from segserve.options import Option, Parser, UsageError
@@ -57,6 +57,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = ServeSettings.from_args(args)
     server_config = settings.server_config()
     logs.setup(settings.log_level, settings.log_format)
+    malloc.bound_retention()
     _check_free(settings.host, settings.port, "--port")
     if settings.metrics_port:
         _check_free(settings.metrics_host, settings.metrics_port, "--metrics-port")

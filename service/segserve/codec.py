@@ -34,7 +34,7 @@ class Limits:
     max_jpeg_scans: int = 64  # progressive JPEGs from cameras and encoders use about 10
 
 
-def _check_size(width: int, height: int, limits: Limits, what: str) -> None:
+def check_size(width: int, height: int, limits: Limits, what: str) -> None:
     if width <= 0 or height <= 0:
         raise InvalidFrame(f"{what} has zero size ({width}x{height})")
     if width > limits.max_side or height > limits.max_side or width * height > limits.max_pixels:
@@ -104,7 +104,7 @@ def decode_encoded(
 
 def _decode_jpeg(data: bytes, limits: Limits, at_least: tuple[int, int] | None) -> np.ndarray:
     width, height = jpeg_size(data)
-    _check_size(width, height, limits, "JPEG")
+    check_size(width, height, limits, "JPEG")
     scans = data.count(_JPEG_SOS)
     if scans > limits.max_jpeg_scans:
         raise InvalidFrame(
@@ -124,7 +124,7 @@ def _decode_jpeg(data: bytes, limits: Limits, at_least: tuple[int, int] | None) 
 def _decode_png(data: bytes, limits: Limits) -> np.ndarray:
     with _open_png(data) as image:
         width, height = image.size
-        _check_size(width, height, limits, "PNG")
+        check_size(width, height, limits, "PNG")
         try:
             rgb = np.asarray(image.convert("RGB"))
         except (OSError, ValueError, SyntaxError) as exc:
@@ -138,7 +138,7 @@ def _decode_png(data: bytes, limits: Limits) -> np.ndarray:
 
 def decode_raw(raw: RawFrame, limits: Limits = Limits()) -> np.ndarray:
     """Raw BGR or RGB pixels -> BGR uint8 (H, W, 3) (a view when the input is already BGR)."""
-    _check_size(raw.width, raw.height, limits, "raw frame")
+    check_size(raw.width, raw.height, limits, "raw frame")
     expected = raw.width * raw.height * 3
     if len(raw.data) != expected:
         raise InvalidFrame(

@@ -24,7 +24,7 @@ from segserve import codec
 from segserve.admission import Ticket
 from segserve.batcher import Batcher, BatchResult
 from segserve.device_decode import JPEG_MAGIC, EncodedFrame
-from segserve.errors import DeadlineExceeded, InvalidFrame
+from segserve.errors import DeadlineExceeded, InvalidFrame, SegserveError
 from segserve.graph import ModelMetadata
 from segserve.labels import mask_to_training_rgb
 from segserve.types import (
@@ -110,6 +110,23 @@ class Pipeline:
             return encoded, (encoded.shape[1], encoded.shape[0])
         frame = codec.decode_encoded(request.encoded, self.limits, None if needs_pixels else self._model_wh)
         return frame, codec.encoded_size(request.encoded)
+
+    def cost(self, request: FrameRequest) -> int:
+        """Bytes admission charges a request: its own, plus the pixels decoding it will make, read
+        from the image's header by the decoding library (a 36 KB JPEG of 1080p becomes 6 MB), so the
+        byte budget bounds what admitted frames really hold. A header that cannot be read, or a frame
+        over the pixel limit, is charged its own bytes: decoding refuses it at once."""
+        if request.encoded is None:
+            return request.nbytes  # raw pixels: already their own size
+        try:
+            width, height = codec.encoded_size(request.encoded)
+            codec.check_size(width, height, self.limits, "frame")
+        except SegserveError:
+            return request.nbytes
+        if request.options.overlay is OverlayFormat.NONE:  # decoded at a DCT scale near the model's size
+            model_w, model_h = self._model_wh
+            return request.nbytes + 3 * min(width * height, 4 * model_w * model_h)
+        return request.nbytes + 3 * width * height
 
     def preprocess(self, frame: np.ndarray | EncodedFrame) -> np.ndarray | EncodedFrame:
         """BGR frame -> RGB at the model's input size (normalisation happens in the graph).

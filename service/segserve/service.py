@@ -152,7 +152,7 @@ class Service:
             try:
                 self.refuse_when_draining()
                 self.check_frame_id(request.frame_id)
-                ticket = self.admission.try_admit(request.nbytes)
+                ticket = self.admission.try_admit(self.pipeline.cost(request))
             except SegserveError as exc:
                 self.metrics.error(method, exc.status)
                 raise
@@ -177,6 +177,7 @@ class Service:
                 idle_s=self.limits.stream_idle_s,
             ),
             policy,
+            cost=self.pipeline.cost,
             on_read=self.metrics.requests.labels(method).inc,
             on_dropped=self.metrics.dropped.inc,
         )

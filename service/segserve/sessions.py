@@ -106,10 +106,12 @@ class StreamSession:
         admission: Admission,
         limits: StreamLimits,
         policy: str = "queue",
+        cost: Callable[[FrameRequest], int] = lambda request: request.nbytes,
         on_read: Callable[[], None] | None = None,
         on_dropped: Callable[[], None] | None = None,
     ):
         self._process = process
+        self._cost = cost  # bytes admission charges a frame (the pipeline's estimate of what it holds)
         self._admission = admission
         self.limits = limits
         self._on_read = on_read
@@ -320,7 +322,7 @@ class StreamSession:
         """With its per-stream slot taken: global admission, then the frame runs as a task of its own."""
         entry.slot = True
         try:
-            ticket = await self._admission.admit(request.nbytes)
+            ticket = await self._admission.admit(self._cost(request))
         except asyncio.CancelledError:
             self._resolve(entry, FrameFailure(request.frame_id, ShuttingDown("stream closing"), 0))
             raise
@@ -375,5 +377,5 @@ class StreamSession:
                 self._slots.release()
                 continue
             pending.entry.slot = True
-            ticket = await self._admission.admit(pending.request.nbytes)
+            ticket = await self._admission.admit(self._cost(pending.request))
             self._start(pending.request, pending.entry, ticket)
