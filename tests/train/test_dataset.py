@@ -14,8 +14,10 @@ from segserve.train.dataset import (
     convert_split,
     find_label_map,
     load_split,
+    load_splits,
     pair_files,
     read_mask,
+    sequence_of,
 )
 
 
@@ -33,6 +35,19 @@ def test_load_split(camvid: Path) -> None:
     images, masks = load_split(camvid / "val")
     assert images.shape == (2, 360, 480, 3) and images.dtype == np.uint8
     assert masks.shape == (2, 360, 480) and masks.max() <= 11
+
+
+def test_a_held_out_sequence_is_kept_apart(camvid: Path) -> None:
+    """Frames of a held-out sequence are never in the training frames, wherever they lie."""
+    splits = [camvid / "train", camvid / "val"]
+    assert sequence_of("0006R0_f03480") == "0006R0" and sequence_of("frame7") == "frame7"
+    trained, _ = load_splits(splits, ["0006R0"], exclude=True)
+    held, held_masks = load_splits(splits, ["0006R0"])
+    assert len(trained) == 6 and len(held) == 2 and held_masks.shape == (2, 360, 480)
+    every, _ = load_splits(splits)
+    assert len(every) == 8
+    wanted = {tuple(f.ravel()[:64]) for f in held}
+    assert not wanted & {tuple(f.ravel()[:64]) for f in trained}
 
 
 def _broken_copy(camvid: Path, tmp_path: Path) -> Path:

@@ -78,6 +78,11 @@ def test_eval_cli_writes_report(exported, camvid: Path, tmp_path: Path) -> None:
     )
     report = json.loads((out / "report.json").read_text())
     assert report["frames"] == 2 and 0.0 <= report["miou"] <= 1.0
+    held = tmp_path / "held"
+    args = ["eval", "--model", str(path), "--data", str(camvid / "train"), "--out", str(held)]
+    assert main([*args, "--sequences", "0006R0", "--pictures", "0"]) == 0
+    report = json.loads((held / "report.json").read_text())
+    assert report["frames"] == 2 and report["sequences"] == ["0006R0"]
     assert set(report["per_class_iou"]) == {
         "sky",
         "building",

@@ -12,7 +12,7 @@ from segserve.train.loop import TrainConfig, Trainer, class_weights, seg_loss  #
 
 def _cfg(camvid: Path, tmp_path: Path, steps: int) -> TrainConfig:
     return TrainConfig(
-        data=str(camvid / "train"),
+        data=[str(camvid / "train")],
         val=str(camvid / "val"),
         runs_dir=str(tmp_path),
         name="tiny",
@@ -52,3 +52,15 @@ def test_weighted_losses_ignore_background() -> None:
         assert torch.isfinite(loss) and float(loss) > 0
     all_bg = seg_loss(logits, torch.zeros_like(target), w, "ohem", 0.7)
     assert float(all_bg) == 0.0
+
+
+def test_holdout_sequence_selects_checkpoints_and_is_never_trained_on(camvid: Path, tmp_path: Path) -> None:
+    cfg = _cfg(camvid, tmp_path, 2)
+    cfg.data, cfg.val, cfg.holdout = [str(camvid / "train"), str(camvid / "val")], None, ["0016E5"]
+    cfg.augment, cfg.rare_p = "strong", 0.5
+    trainer = Trainer(cfg, quiet=True)
+    assert trainer.val is not None
+    assert len(trainer.images) == 4 and len(trainer.val[0]) == 4  # 0016E5: 1+1 in train/, 2 in val/
+    assert trainer.aug.rare and trainer.aug.rare_p == 0.5
+    trainer.run()
+    assert "val_miou" in trainer.history[-1] and (tmp_path / "tiny" / "best.pt").is_file()

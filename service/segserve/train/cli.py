@@ -48,16 +48,33 @@ def _split(text: str) -> Path:
     return folder
 
 
-def _training_split(text: str) -> Path:
+def _training_splits(text: str) -> list[Path]:
+    """DIR[,DIR...]: the first one's label map (in it or its parent) is the run's."""
     from segserve.train.dataset import LABEL_MAP_NAME, find_label_map
 
-    folder = _split(text)
-    if find_label_map(folder) is None:
+    folders = [_split(part.strip()) for part in text.split(",") if part.strip()]
+    if not folders:
+        raise ValueError("expected DIR[,DIR...], e.g. camvid/train,camvid/val")
+    if find_label_map(folders[0]) is None:
         raise ValueError(
-            f"no {LABEL_MAP_NAME} in {text} or its parent: put the label map (id, name, colour of each "
-            "class) there; segserve dataset convert writes one"
+            f"no {LABEL_MAP_NAME} in {folders[0]} or its parent: put the label map (id, name, colour of "
+            "each class) there; segserve dataset convert writes one"
         )
-    return folder
+    return folders
+
+
+def _fraction(text: str) -> float:
+    value = o.number(0)(text)
+    if value > 1:
+        raise ValueError(f"expected a share from 0 to 1, got {text!r}")
+    return value
+
+
+def _names(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise ValueError("expected NAME[,NAME...], e.g. 0006R0")
+    return names
 
 
 # --- dataset --------------------------------------------------------------------------------------
@@ -102,12 +119,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     model = args.model_config or {}
     cfg = TrainConfig(
-        data=args.data,
-        val=args.val,
+        data=[str(d) for d in args.data],
+        val=str(args.val) if args.val else None,
+        holdout=args.holdout or [],
         name=args.name,
         runs_dir=args.runs_dir,
         max_minutes=args.max_minutes,
         max_epochs=args.epochs,
+        max_steps=args.max_steps,
         batch=args.batch,
         crop=args.crop.hw,
         scale=args.scale,
@@ -115,6 +134,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         loss=args.loss,
         class_weight_power=args.class_weight_power,
         val_every=args.val_every,
+        augment=args.augment,
+        rare_p=args.rare_crops,
         seed=args.seed,
         threads=args.threads,
         model=model,
@@ -144,7 +165,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from segserve.train.evaluate import evaluate_onnx
 
-    report = evaluate_onnx(args.model, args.data, args.out, num_pictures=args.pictures, threads=args.threads)
+    report = evaluate_onnx(
+        args.model,
+        args.data,
+        args.out,
+        num_pictures=args.pictures,
+        threads=args.threads,
+        sequences=args.sequences or (),
+    )
     print(f"mIoU {report['miou']:.4f}  pixel accuracy {report['pixel_accuracy']:.4f}")
     for name, iou in report["per_class_iou"].items():
         print(f"  {name:<16} {iou if iou is None else round(iou, 4)}")
@@ -214,11 +242,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         [
             _opt(
                 "--data",
-                "train split folder: images/, labels/, classes.json here or in the parent",
+                "split folder(s) to train on, comma-separated: images/, labels/, classes.json in the "
+                "first or its parent",
                 None,
-                _training_split,
+                _training_splits,
                 required=True,
-                metavar="DIR",
+                metavar="DIR[,DIR]",
+            ),
+            _opt(
+                "--holdout",
+                "sequence(s) kept out of training and used to pick the best checkpoint "
+                "(frame NAME = SEQUENCE_FRAME); replaces --val",
+                None,
+                _names,
+                shown="none",
+                metavar="SEQ[,SEQ]",
             ),
             _opt(
                 "--val",
@@ -236,6 +274,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                 o.number(0, above=True),
             ),
             _opt("--epochs", "epoch budget (whichever budget ends first)", 10_000, o.integer(1)),
+            _opt(
+                "--max-steps",
+                "step budget (a budget that pausing the process does not spend); 0 = none",
+                0,
+                o.integer(0),
+            ),
             _opt("--batch", "frames per training step", 8, o.integer(1)),
             _opt("--crop", "training crop WxH", Size(384, 288), o.size, metavar="WxH"),
             _opt(
@@ -260,6 +304,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                 o.number(0),
             ),
             _opt("--val-every", "epochs between val mIoU checks", 2, o.integer(1)),
+            _opt(
+                "--augment",
+                "basic (colour jitter) or strong (also hue, gamma, blur, noise, JPEG re-compression)",
+                "basic",
+                o.choice("basic", "strong"),
+            ),
+            _opt(
+                "--rare-crops",
+                "share of crops placed around a pixel of a rare class (pole, sign, ...)",
+                0.0,
+                _fraction,
+            ),
             _opt("--seed", "random seed (augmentation, initialisation)", 0, o.integer(0)),
             _opt("--threads", "torch CPU threads", 2, o.integer(1)),
             _opt(
@@ -334,6 +390,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                 "--data", "split folder with images/ and labels/", None, _split, required=True, metavar="DIR"
             ),
             _opt("--out", "folder for report.json and PNGs", Path("eval-output"), o.path, metavar="DIR"),
+            _opt(
+                "--sequences",
+                "only the frames of these sequences (e.g. the one held out in training)",
+                None,
+                _names,
+                shown="all frames",
+                metavar="SEQ[,SEQ]",
+            ),
             _opt("--pictures", "side-by-side pictures to write", 4, o.integer(0)),
             _opt("--threads", "onnxruntime threads", 2, o.integer(1)),
         ],

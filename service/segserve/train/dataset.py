@@ -7,7 +7,7 @@ map JSON (``classes.json``) sits in the split folder or in its parent.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,6 +106,33 @@ def load_split(split_dir: str | Path, names: Iterable[str] | None = None) -> tup
     images = np.stack([read_image_rgb(p.image) for p in pairs])
     masks = np.stack([read_mask(p.label) for p in pairs])
     return images, masks
+
+
+def sequence_of(name: str) -> str:
+    """The recording a frame comes from: its name up to the first underscore (``0001TP_006690``
+    is sequence 0001TP); a name without one is its own sequence."""
+    return name.split("_", 1)[0]
+
+
+def load_splits(
+    split_dirs: Sequence[str | Path], sequences: Collection[str] = (), exclude: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Frames of several splits together; only those of ``sequences`` (or, with ``exclude``, all
+    but those) when ``sequences`` is given: how a held-out recording is kept out of training."""
+    wanted = set(sequences)
+    images, masks = [], []
+    for folder in split_dirs:
+        names = [p.name for p in pair_files(folder).pairs]
+        if wanted:
+            names = [n for n in names if (sequence_of(n) in wanted) != exclude]
+        if names:
+            i, m = load_split(folder, names)
+            images.append(i)
+            masks.append(m)
+    if not images:
+        which = f" of sequence(s) {', '.join(sorted(wanted))}" if wanted and not exclude else ""
+        raise FileNotFoundError(f"no image/label pairs{which} under {', '.join(map(str, split_dirs))}")
+    return np.concatenate(images), np.concatenate(masks)
 
 
 def class_histogram(masks: Iterable[np.ndarray], num_bins: int = 256) -> np.ndarray:

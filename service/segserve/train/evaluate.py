@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from segserve.labels import LabelMap
-from segserve.train.dataset import pair_files, read_image_rgb, read_mask
+from segserve.train.dataset import pair_files, read_image_rgb, read_mask, sequence_of
 from segserve.train.metrics import confusion_matrix, miou_from_confusion
 
 
@@ -112,8 +113,10 @@ def evaluate_onnx(
     out: str | Path | None = None,
     num_pictures: int = 4,
     threads: int = 2,
+    sequences: Collection[str] = (),
 ) -> dict:
-    """Run the served model over a split; returns (and with ``out`` writes) the report."""
+    """Run the served model over a split (only ``sequences``' frames, when given); returns (and
+    with ``out`` writes) the report."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -125,8 +128,11 @@ def evaluate_onnx(
     h, w = input_size(sess)
     in_name, out_name = sess.get_inputs()[0].name, sess.get_outputs()[0].name
     pairs = pair_files(data).pairs
+    if sequences:
+        pairs = [p for p in pairs if sequence_of(p.name) in set(sequences)]
     if not pairs:
-        raise FileNotFoundError(f"no image/label pairs under {data}")
+        which = f" of sequence(s) {', '.join(sequences)}" if sequences else ""
+        raise FileNotFoundError(f"no image/label pairs{which} under {data}")
     pick = (
         set(np.linspace(0, len(pairs) - 1, num_pictures).round().astype(int).tolist())
         if num_pictures
@@ -151,6 +157,7 @@ def evaluate_onnx(
     report = {
         "model": str(model),
         "data": str(data),
+        "sequences": sorted(sequences),
         "frames": len(pairs),
         "input_size": [h, w],
         "miou": res["miou"],

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from segserve.labels import LabelMap
-from segserve.train.augment import IGNORE, Augmenter
-from segserve.train.dataset import class_histogram, find_label_map, load_split
+from segserve.train.augment import IGNORE, Augmenter, Photometric
+from segserve.train.dataset import class_histogram, find_label_map, load_split, load_splits
 from segserve.train.metrics import confusion_matrix, miou_from_confusion
 from segserve.train.model import ModelConfig, SegNetRT
 
@@ -27,8 +27,9 @@ STD = (78.0, 79.0, 78.0)
 class TrainConfig:
     """Everything that defines a run; saved in every checkpoint."""
 
-    data: str
-    val: str | None = None
+    data: list[str]  # split folders trained on (frames of ``holdout`` sequences excepted)
+    val: str | None = None  # a separate val split folder, when no sequence is held out
+    holdout: list[str] = field(default_factory=list)  # sequences kept out of training, for selection
     name: str = "camvid"
     runs_dir: str = "runs"
     max_minutes: float = 75.0
@@ -45,6 +46,8 @@ class TrainConfig:
     class_weight_power: float = 0.5
     aux_weight: float = 0.4
     val_every: int = 2
+    augment: str = "basic"  # "basic" (version 2: colour jitter) or "strong" (Photometric.strong)
+    rare_p: float = 0.0  # share of crops placed around a pixel of a rare class
     seed: int = 0
     threads: int = 2
     mean: tuple[float, float, float] = MEAN
@@ -62,6 +65,16 @@ def class_weights(masks: np.ndarray, num_classes: int, power: float) -> torch.Te
     w[0] = 0.0
     w[1:][present] = (med / freq[present]) ** power
     return torch.tensor(w, dtype=torch.float32)
+
+
+def rare_classes(masks: np.ndarray, num_classes: int) -> list[int]:
+    """Classes (background aside) with under half the median class's pixel share."""
+    hist = class_histogram(masks, 256)[1:num_classes].astype(np.float64)
+    present = hist > 0
+    if not present.any():
+        return []
+    med = np.median(hist[present])
+    return [k + 1 for k in np.flatnonzero(present & (hist < 0.5 * med)).tolist()]
 
 
 def seg_loss(
@@ -126,20 +139,27 @@ class Trainer:
         torch.set_num_threads(cfg.threads)
         self.out = Path(cfg.runs_dir) / cfg.name
         self.out.mkdir(parents=True, exist_ok=True)
-        lm_path = find_label_map(cfg.data)
+        lm_path = find_label_map(cfg.data[0])
         if lm_path is None:
-            raise FileNotFoundError(f"no classes.json in {cfg.data} or its parent")
+            raise FileNotFoundError(f"no classes.json in {cfg.data[0]} or its parent")
         self.label_map = LabelMap.load(lm_path)
         self.num_classes = self.label_map.num_classes
-        self.images, self.masks = load_split(cfg.data)
-        self.val = load_split(cfg.val) if cfg.val else None
+        self.images, self.masks = load_splits(cfg.data, cfg.holdout, exclude=True)
+        if cfg.holdout:
+            self.val: tuple[np.ndarray, np.ndarray] | None = load_splits(cfg.data, cfg.holdout)
+        else:
+            self.val = load_split(cfg.val) if cfg.val else None
         self.model_cfg = ModelConfig(**{**cfg.model, "num_classes": self.num_classes})
         # Module.to takes memory_format at run time; torch's overloads of `to` leave it out
         self.model = SegNetRT(self.model_cfg).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.weight = class_weights(self.masks, self.num_classes, cfg.class_weight_power)
         self.rng = np.random.default_rng(cfg.seed)
-        self.aug = Augmenter(cfg.crop, cfg.scale, rng=self.rng)
+        photometric = Photometric.strong() if cfg.augment == "strong" else Photometric.basic()
+        rare = rare_classes(self.masks, self.num_classes)
+        self.aug = Augmenter(
+            cfg.crop, cfg.scale, rng=self.rng, photometric=photometric, rare=rare, rare_p=cfg.rare_p
+        )
         self.mean = torch.tensor(cfg.mean).view(1, 3, 1, 1)
         self.std = torch.tensor(cfg.std).view(1, 3, 1, 1)
         self.epoch = 0
@@ -218,7 +238,10 @@ class Trainer:
         """Train until the time/epoch/step budget is spent; returns the last history entry."""
         c = self.cfg
         self.model.train()
-        self.log(f"training {self.model_cfg} on {len(self.images)} frames -> {self.out}")
+        held = (
+            f", {len(self.val[0])} held-out frames of {','.join(c.holdout)}" if c.holdout and self.val else ""
+        )
+        self.log(f"training {self.model_cfg} on {len(self.images)} frames{held} -> {self.out}")
         losses: list[float] = []
         while self.progress() < 1.0:
             order = self.rng.permutation(len(self.images))
