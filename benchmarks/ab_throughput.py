@@ -57,16 +57,23 @@ def start(tree: Path, model: Path) -> tuple[subprocess.Popen, str]:
     return proc, f"127.0.0.1:{match.group(2)}"
 
 
-def block(target: str, requests: list[pb.SegmentRequest], callers: int, frames: int) -> tuple[float, float]:
-    """``frames`` Segment calls shared by ``callers`` threads (the bench's closed loop): (fps, p50 ms)."""
+def block(
+    target: str, requests: list[pb.SegmentRequest], callers: int, frames: int
+) -> tuple[float, float, list[float]]:
+    """``frames`` Segment calls shared by ``callers`` threads (the bench's closed loop): (fps, p50 ms,
+    each call's client-observed ms minus the server's ``timing.total_us``)."""
+    outside: list[float] = []
     with grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20)]) as channel:
         stub = pb_grpc.SegmenterStub(channel)
 
         def work(i: int) -> int:
-            return stub.Segment(requests[i % len(requests)], timeout=60).timing.batch_size
+            t0 = time.perf_counter()
+            response = stub.Segment(requests[i % len(requests)], timeout=60)
+            outside.append((time.perf_counter() - t0) * 1e3 - response.timing.total_us / 1e3)
+            return response.timing.batch_size
 
         s = concurrent(work, callers, frames, warmup=1)
-    return s["fps"], s["p50"]
+    return s["fps"], s["p50"], outside[1:]  # the warm-up call aside
 
 
 def main() -> int:
@@ -98,15 +105,18 @@ def main() -> int:
         for k in args.callers:
             fps: dict[str, list[float]] = {"a": [], "b": []}
             lat: dict[str, list[float]] = {"a": [], "b": []}
+            out: dict[str, list[float]] = {"a": [], "b": []}
             for _ in range(args.blocks):
                 for side in ("a", "b"):
-                    f, p50 = block(servers[side][1], requests, k, args.frames)
+                    f, p50, outside = block(servers[side][1], requests, k, args.frames)
                     fps[side].append(f)
                     lat[side].append(p50)
+                    out[side] += outside
             row = {
                 side: {
                     "fps": round(float(np.median(fps[side])), 2),
                     "p50_ms": round(float(np.median(lat[side])), 1),
+                    "outside_server_p50_ms": round(float(np.median(out[side])), 2),
                 }
                 for side in ("a", "b")
             }
@@ -124,10 +134,16 @@ def main() -> int:
         "cpus": os.cpu_count(),
         "callers": rows,
     }
-    print("| callers | A frames/s | B frames/s | B/A | A p50 ms | B p50 ms |\n|---|---|---|---|---|---|")
+    print(
+        "| callers | A frames/s | B frames/s | B/A | A p50 ms | B p50 ms | A outside ms | B outside ms |\n"
+        "|---|---|---|---|---|---|---|---|"
+    )
     for k, r in rows.items():
         a, b = r["a"], r["b"]
-        print(f"| {k} | {a['fps']} | {b['fps']} | {r['fps_b_over_a']} | {a['p50_ms']} | {b['p50_ms']} |")
+        print(
+            f"| {k} | {a['fps']} | {b['fps']} | {r['fps_b_over_a']} | {a['p50_ms']} | {b['p50_ms']} "
+            f"| {a['outside_server_p50_ms']} | {b['outside_server_p50_ms']} |"
+        )
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"ab-throughput-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(summary, indent=1))

@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from segserve import cli_errors, logs, malloc
+from segserve import cli_errors, logs, malloc, priority
 from segserve import options as o
 from segserve.cli_errors import Fatal
 from segserve.options import Option, Parser, UsageError
@@ -61,7 +61,7 @@ def _serve(args: argparse.Namespace) -> int:
     _check_free(settings.host, settings.port, "--port")
     if settings.metrics_port:
         _check_free(settings.metrics_host, settings.metrics_port, "--metrics-port")
-    engine = Engine(settings.engine_config())
+    engine = priority.call_lowered(lambda: Engine(settings.engine_config()))  # its threads run lowered
     engine.warm_up()
     asyncio.run(
         serve_until_signalled(

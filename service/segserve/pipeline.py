@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 import cv2
 import numpy as np
 
-from segserve import codec
+from segserve import codec, priority
 from segserve.admission import Ticket
 from segserve.batcher import Batcher, BatchResult
 from segserve.device_decode import JPEG_MAGIC, EncodedFrame
@@ -82,7 +82,9 @@ class Pipeline:
         self._model_wh = (metadata.input_width, metadata.input_height)
         self._names = metadata.labels.names
         workers = cpu_workers or max(2, os.cpu_count() or 2)
-        self.cpu = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="segserve-cpu")
+        self.cpu = ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="segserve-cpu", initializer=priority.lower_current_thread
+        )
 
     @property
     def decodes_on_device(self) -> bool:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from segserve import priority
 from segserve.admission import Admission, Ticket
 from segserve.batcher import Batcher
 from segserve.codec import Limits
@@ -49,7 +50,9 @@ class Service:
         self.engine = engine
         self.limits = limits
         self.metrics = metrics or Metrics()
-        self._engine_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segserve-engine")
+        self._engine_thread = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="segserve-engine", initializer=priority.lower_current_thread
+        )
         self.batcher = Batcher(
             engine.run,
             self._engine_thread,
