@@ -7,6 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from segserve.train.export import export_checkpoint  # noqa: E402
 from segserve.train.loop import TrainConfig, Trainer, class_weights, seg_loss  # noqa: E402
 
 
@@ -64,3 +65,6 @@ def test_holdout_sequence_selects_checkpoints_and_is_never_trained_on(camvid: Pa
     assert trainer.aug.rare and trainer.aug.rare_p == 0.5
     trainer.run()
     assert "val_miou" in trainer.history[-1] and (tmp_path / "tiny" / "best.pt").is_file()
+    # the calibration offsets are fitted on the trained-on frames only
+    report = export_checkpoint(tmp_path / "tiny" / "best.pt", tmp_path / "m.onnx", calibrate_on_training=True)
+    assert report["calibration"]["held_out"] == ["0016E5"] and report["calibration"]["frames"] == 4

@@ -156,6 +156,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         version=args.version,
         check_dir=args.check_data,
         calibrate_dir=args.calibrate_on,
+        calibrate_on_training=args.calibrate,
     )
     height, width = report["input_size"]
     print(json.dumps({**report, "input_size": str(Size(width, height))}, indent=1))
@@ -369,6 +370,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                 metavar="DIR",
             ),
         ],
+    )
+    ex.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="fit the offsets on the frames the checkpoint trained on, held-out sequences left out "
+        "(default: off)",
     )
     ex.set_defaults(func=cmd_export)
 

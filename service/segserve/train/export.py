@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from segserve.labels import LabelMap
-from segserve.train.dataset import load_split
+from segserve.train.dataset import load_split, load_splits
 from segserve.train.model import ModelConfig, SegNetRT, count_parameters, predict_labels
 
 OPSET = 17
@@ -145,25 +145,33 @@ def export_checkpoint(
     size: tuple[int, int] | None = None,
     min_parity: float = 0.999,
     calibrate_dir: str | Path | None = None,
+    calibrate_on_training: bool = False,
 ) -> dict:
     """Checkpoint -> ONNX; with ``check_dir``, the parity on its real frames (>= ``min_parity``).
 
     With ``calibrate_dir`` (the training split), per-class logit offsets fitted there are folded
-    into the classifier first (see :mod:`segserve.train.calibrate`).
+    into the classifier first (see :mod:`segserve.train.calibrate`); ``calibrate_on_training`` fits
+    them on the very frames the checkpoint trained on (its held-out sequences stay out).
     """
     net, ck = load_checkpoint(checkpoint)
     tc = ck.get("train_config", {})
     mean = tuple(tc.get("mean", (105.0, 108.0, 110.0)))
     std = tuple(tc.get("std", (78.0, 79.0, 78.0)))
     offsets = None
+    calibration_frames, holdout = 0, []
+    if calibrate_on_training:
+        data = tc.get("data", [])
+        calibrate_dir = ",".join([data] if isinstance(data, str) else data)
     if calibrate_dir:
         from segserve.train.calibrate import apply_offsets, fit_offsets, sample_logits
 
-        images, masks = load_split(calibrate_dir)
+        holdout = list(tc.get("holdout", [])) if calibrate_on_training else []
+        images, masks = load_splits(str(calibrate_dir).split(","), holdout, exclude=True)
         m_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         s_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         offsets, before, after = fit_offsets(*sample_logits(net, images, masks, m_t, s_t))
         apply_offsets(net, offsets)
+        calibration_frames = len(images)
         del images, masks
     size = size or tuple(ck.get("input_size", DEFAULT_SIZE))
     label_map = LabelMap.from_dict(ck["label_map"])
@@ -180,6 +188,8 @@ def export_checkpoint(
     if offsets is not None:
         report["calibration"] = {
             "data": str(calibrate_dir),
+            "held_out": holdout,
+            "frames": calibration_frames,
             "offsets": [round(float(v), 3) for v in offsets],
             "sampled_miou_before": before,
             "sampled_miou_after": after,
