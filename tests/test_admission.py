@@ -17,10 +17,6 @@ from segserve.admission import Admission, Ticket
 from segserve.errors import Overloaded
 
 T = TypeVar("T")
-needs_grow = pytest.mark.skipif(
-    not hasattr(Ticket, "grow"),
-    reason="Ticket.grow is not in this tree (the serving core charges a frame's cost at admission instead)",
-)
 
 
 def run(body: Callable[[], Awaitable[T]]) -> T:
@@ -314,54 +310,6 @@ def test_release_after_waits_for_every_pinned_job_and_for_release_itself():
         again = admission.try_admit(3)
         again.release_after(done)  # already finished: pins nothing
         again.release()
-        assert held(admission) == (0, 0)
-
-    run(body)
-
-
-@needs_grow
-def test_grow_charges_bytes_after_admission_and_gives_them_back_on_release():
-    async def body() -> None:
-        admission = Admission(max_frames=4, max_bytes=100)
-        ticket = admission.try_admit(10)
-        ticket.grow(80)  # the decoded pixels: never refused
-        assert ticket.nbytes == 90
-        assert held(admission) == (1, 90)
-        ticket.grow(0)
-        ticket.grow(-5)
-        assert held(admission) == (1, 90)
-        with pytest.raises(Overloaded):
-            admission.try_admit(20)  # fitted before the growth
-        waiting = asyncio.ensure_future(admission.admit(20))
-        await settle()
-        assert not waiting.done()
-        ticket.release()
-        await settle()
-        assert waiting.done()
-        assert held(admission) == (1, 20)
-        ticket.grow(50)  # a released ticket charges nothing more
-        assert held(admission) == (1, 20)
-        growing = waiting.result()
-        growing.grow(500)  # past the whole budget: still charged
-        assert held(admission) == (1, 520)
-        growing.release()
-        assert held(admission) == (0, 0)
-
-    run(body)
-
-
-@needs_grow
-def test_grow_on_a_pinned_ticket_is_given_back_when_the_pinned_job_ends():
-    async def body() -> None:
-        admission = Admission(max_frames=4, max_bytes=1000)
-        ticket = admission.try_admit(10)
-        job: concurrent.futures.Future[None] = concurrent.futures.Future()
-        ticket.release_after(job)
-        ticket.release()
-        ticket.grow(30)  # the pinned decode finished growing the frame
-        assert held(admission) == (1, 40)
-        job.set_result(None)
-        await settle()
         assert held(admission) == (0, 0)
 
     run(body)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import math
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -208,7 +207,7 @@ def open_stream(
 
     if cost is None:
         session = StreamSession(worker, admission, limits, policy, on_dropped=on_dropped)
-    else:  # only where StreamSession takes one
+    else:
         session = StreamSession(worker, admission, limits, policy, cost=cost, on_dropped=on_dropped)
     return Stream(session, admission, client, worker, Reader(session, client, writes), dropped)
 
@@ -241,10 +240,6 @@ def test_answers_come_out_in_read_order_when_frames_finish_out_of_order():
     run(body)
 
 
-@pytest.mark.skipif(
-    "cost" not in inspect.signature(StreamSession).parameters,
-    reason="StreamSession takes no cost= in this tree (admission charges request.nbytes)",
-)
 def test_admission_charges_each_frame_what_the_cost_function_says():
     async def body() -> None:
         admission = Admission(max_frames=8, max_bytes=1000)
