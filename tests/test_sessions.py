@@ -451,12 +451,6 @@ def test_an_unknown_policy_is_refused():
     run(body)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sessions._read lets any exception from the request iterator end reading as if the client "
-    "had half-closed: run() then ends normally (the edge answers OK), the error is neither raised nor "
-    "logged, and frames the client sent after it are silently never answered",
-)
 def test_a_request_stream_that_fails_ends_the_stream_with_an_error():
     async def body() -> None:
         worker = Worker()

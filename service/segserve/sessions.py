@@ -190,6 +190,7 @@ class StreamSession:
                     if self.end_reason == "idle":
                         raise StreamIdle(f"no progress on this stream for {self.limits.idle_s:g}s: closed")
                     if self._reading_done:
+                        self._raise_read_error()
                         return
                     self._arrived.clear()
                     await self._arrived.wait()
@@ -207,6 +208,15 @@ class StreamSession:
                 self._written(entry, outcome)
         finally:
             await self._close()
+
+    def _raise_read_error(self) -> None:
+        """A request stream that failed (not a half-close, not a cancel) ends the stream with that error,
+        once every frame read before it is answered."""
+        reader = self._reader
+        if reader is not None and reader.done() and not reader.cancelled():
+            error = reader.exception()
+            if error is not None:
+                raise error
 
     def _written(self, entry: _Entry, outcome: Outcome) -> None:
         self._touch()

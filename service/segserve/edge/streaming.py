@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 import grpc
@@ -17,6 +18,8 @@ from segserve.edge import convert
 from segserve.errors import SegserveError, StreamIdle
 from segserve.service import Service
 from segserve.sessions import StreamSession
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.asynccontextmanager
@@ -49,5 +52,10 @@ async def stream_call(
         if session.end_reason == "idle":
             service.metrics.error(method, "DEADLINE_EXCEEDED")
         raise
+    except Exception as exc:  # the request stream failed: what was read is answered, then INTERNAL
+        log.exception("%s failed", method)
+        service.metrics.error(method, "INTERNAL")
+        context.set_code(grpc.StatusCode.INTERNAL)
+        context.set_details(f"internal error: {type(exc).__name__}")
     finally:
         service.close_stream(session)
