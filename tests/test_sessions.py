@@ -18,7 +18,15 @@ from typing import TypeVar
 import pytest
 from segserve.admission import Admission, Ticket
 from segserve.errors import InvalidFrame, Overloaded, SegserveError, StreamIdle
-from segserve.sessions import Dropped, FrameFailure, Incoming, Outcome, StreamLimits, StreamSession
+from segserve.sessions import (
+    WRITE_COPIES,
+    Dropped,
+    FrameFailure,
+    Incoming,
+    Outcome,
+    StreamLimits,
+    StreamSession,
+)
 from segserve.types import EncodedImage, FrameRequest, FrameResult, MaskFormat, Timing
 
 T = TypeVar("T")
@@ -327,7 +335,7 @@ def test_a_reader_that_does_not_write_stops_the_stream_and_its_answers_hold_admi
         await until(lambda: len(s.reader.answers) == 1, "the first answer taken")
         await settle()
         assert s.client.taken == 3  # each slot stays taken until its answer is written
-        answer = 2 + 100  # frame id + mask bytes
+        answer = WRITE_COPIES * (2 + 100)  # frame id + mask bytes, as result, message and transport copy
         assert held(s.admission) == (0, 3 * answer)  # no frame runs; three answers wait
         s.reader.allow(1)  # one answer written: one more frame read
         await until(lambda: len(s.reader.answers) == 2, "the second answer taken")
@@ -370,8 +378,8 @@ def test_max_unwritten_bytes_stops_reading_and_the_bytes_count_against_other_cal
         s = open_stream(limits, admission=admission, writes=0)
         s.client.send(frame("f0"), frame("f1"))
         await until(lambda: len(s.worker.started) == 2, "two frames running")
-        s.worker.finish("f0", payload=598)
-        s.worker.finish("f1", payload=598)
+        s.worker.finish("f0", payload=198)  # answers of 200 bytes, counted thrice (WRITE_COPIES)
+        s.worker.finish("f1", payload=198)
         await until(lambda: len(s.reader.answers) == 1, "the first answer taken")
         s.client.send(frame("f2"), frame("f3"), frame("f4"))
         await until(lambda: s.worker.started == ["f0", "f1", "f2"], "a third frame running")
@@ -544,7 +552,7 @@ def test_the_idle_timer_stops_the_frames_of_a_stream_whose_writer_is_stuck():
         await until(lambda: len(s.worker.cancelled) == 2, "the running frames cancelled")
         await settle()
         assert sorted(s.worker.cancelled) == ["f1", "f2"]
-        assert held(admission) == (0, 52)  # only the taken answer, until the writer gives up
+        assert held(admission) == (0, WRITE_COPIES * 52)  # only the taken answer, until the writer gives up
         assert not s.reader.task.done()
         s.reader.allow()
         await until(s.reader.task.done, "the stream ended")
@@ -566,7 +574,7 @@ def test_an_idle_stream_frees_its_frames_and_bytes_when_the_client_never_reads()
         await settle()
         # f0 answered but not written, f1 and f2 running, f3 waiting for admission, f4 not read
         assert s.reader.ids == ["f0"] and s.worker.started == ["f0", "f1", "f2"]
-        assert held(admission) == (2, 52 + 2 * frame("f1").nbytes)
+        assert held(admission) == (2, WRITE_COPIES * 52 + 2 * frame("f1").nbytes)
         advance(IDLE_S + 1)
         await until(s.reader.task.done, "the stream ended")
         assert s.reader.task.cancelled()
@@ -589,7 +597,7 @@ def test_cancelling_the_stream_releases_every_slot_and_byte(writes: float):
         await until(lambda: s.reader.ids == ["f0"], "f0 answered")
         await settle()
         assert admission.frames == 2
-        assert admission.bytes == (52 if writes == 0 else 0) + 2 * frame("f1").nbytes
+        assert admission.bytes == (WRITE_COPIES * 52 if writes == 0 else 0) + 2 * frame("f1").nbytes
         s.reader.task.cancel()  # the call ended (client gone, deadline, server stop)
         with pytest.raises(asyncio.CancelledError):
             await s.reader.task

@@ -91,9 +91,14 @@ class _Pending:
     entry: _Entry
 
 
+# An answer being written exists three times: the result, its serialized message and the transport's
+# copy (held until the client reads it), so a stream's and the server's byte bounds count it thrice.
+WRITE_COPIES = 3
+
+
 def _nbytes(outcome: Outcome) -> int:
     if isinstance(outcome, FrameResult):
-        return outcome.nbytes
+        return WRITE_COPIES * outcome.nbytes
     return len(outcome.frame_id) + (len(str(outcome.error)) if isinstance(outcome, FrameFailure) else 0)
 
 

@@ -134,7 +134,13 @@ class SegmenterServicer:
                     yield item
 
             async for outcome in session.run(incoming()):
-                await context.write(convert.response_from_outcome(outcome))
+                # serialized here, so the message is gone before the write waits on a slow reader
+                await context.write(convert.response_from_outcome(outcome).SerializeToString())
+
+
+def _already_serialized(message: bytes) -> bytes:
+    """StreamSegment writes its answers as bytes (see the handler)."""
+    return message
 
 
 def add_servicer(servicer: SegmenterServicer, server: grpc.aio.Server) -> None:
@@ -148,7 +154,7 @@ def add_servicer(servicer: SegmenterServicer, server: grpc.aio.Server) -> None:
         "StreamSegment": grpc.stream_stream_rpc_method_handler(
             servicer.StreamSegment,
             request_deserializer=lenient(pb.SegmentRequest.FromString),
-            response_serializer=pb.SegmentResponse.SerializeToString,
+            response_serializer=_already_serialized,
         ),
         "GetModelInfo": grpc.unary_unary_rpc_method_handler(
             servicer.GetModelInfo,
