@@ -106,3 +106,16 @@ def test_serve_from_the_environment_then_sigterm(toy_model: Path, tmp_path: Path
 def test_help_does_not_read_the_environment(argv: tuple[str, ...]) -> None:
     run = segserve(*argv, env={**os.environ, "SEGSERVE_PORT": "abc", "SEGSERVE_MAX_BATCH": "many"})
     assert run.returncode == 0 and "usage: segserve" in run.stdout and not run.stderr
+
+
+def test_serve_runs_on_uvloop_when_it_is_installed() -> None:
+    uvloop = pytest.importorskip("uvloop")
+    from segserve.cli import _event_loop_factory
+
+    factory = _event_loop_factory()
+    assert factory is uvloop.new_event_loop
+    loop = factory()
+    try:
+        assert isinstance(loop, uvloop.Loop)
+    finally:
+        loop.close()

@@ -63,17 +63,27 @@ def _serve(args: argparse.Namespace) -> int:
         _check_free(settings.metrics_host, settings.metrics_port, "--metrics-port")
     engine = priority.call_lowered(lambda: Engine(settings.engine_config()))  # its threads run lowered
     engine.warm_up()
-    asyncio.run(
-        serve_until_signalled(
-            engine,
-            server_config,
-            lambda server: print(f"segserve listening on {settings.host}:{server.port}", flush=True),
+    with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
+        runner.run(
+            serve_until_signalled(
+                engine,
+                server_config,
+                lambda server: print(f"segserve listening on {settings.host}:{server.port}", flush=True),
+            )
         )
-    )
     # Pool threads may still run work whose callers are gone: exit now, so the grace period is true.
     logging.shutdown()
     sys.stdout.flush()
     os._exit(0)
+
+
+def _event_loop_factory():
+    """uvloop's event loop where it is installed (the serve extras bring it), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def _check_free(host: str, port: int, flag: str) -> None:
