@@ -107,7 +107,6 @@ def test_a_cpu_install_decodes_jpegs_on_the_cpu_as_before(pipeline):
     assert isinstance(frame, np.ndarray) and frame.shape == (135, 240, 3) and size == (640, 360)  # DCT 3/8
 
 
-
 def test_admission_charges_the_pixels_a_frame_will_decode_to(pipeline):
     """The byte budget bounds what frames really hold: a JPEG is charged its decoded pixels, read from
     its header at the door (a 36 KB JPEG of 1080p becomes 6 MB)."""
