@@ -4,6 +4,7 @@ shipped model used from outside the repository, serve's SIGTERM."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import signal
 import subprocess
@@ -110,12 +111,12 @@ def test_help_does_not_read_the_environment(argv: tuple[str, ...]) -> None:
 
 def test_serve_runs_on_uvloop_when_it_is_installed() -> None:
     uvloop = pytest.importorskip("uvloop")
-    from segserve.cli import _event_loop_factory
+    from segserve.cli import _event_loop_runner
 
-    factory = _event_loop_factory()
-    assert factory is uvloop.new_event_loop
-    loop = factory()
-    try:
-        assert isinstance(loop, uvloop.Loop)
-    finally:
-        loop.close()
+    runner = _event_loop_runner()
+    assert runner is uvloop.run
+
+    async def which_loop() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    assert runner(which_loop()).startswith("uvloop")

@@ -16,8 +16,9 @@ import os
 import socket
 import sys
 import traceback
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from segserve import cli_errors, logs, malloc, priority
 from segserve import options as o
@@ -63,27 +64,26 @@ def _serve(args: argparse.Namespace) -> int:
         _check_free(settings.metrics_host, settings.metrics_port, "--metrics-port")
     engine = priority.call_lowered(lambda: Engine(settings.engine_config()))  # its threads run lowered
     engine.warm_up()
-    with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
-        runner.run(
-            serve_until_signalled(
-                engine,
-                server_config,
-                lambda server: print(f"segserve listening on {settings.host}:{server.port}", flush=True),
-            )
+    _event_loop_runner()(
+        serve_until_signalled(
+            engine,
+            server_config,
+            lambda server: print(f"segserve listening on {settings.host}:{server.port}", flush=True),
         )
+    )
     # Pool threads may still run work whose callers are gone: exit now, so the grace period is true.
     logging.shutdown()
     sys.stdout.flush()
     os._exit(0)
 
 
-def _event_loop_factory():
-    """uvloop's event loop where it is installed (the serve extras bring it), else asyncio's."""
+def _event_loop_runner() -> Callable[[Coroutine[Any, Any, bool]], bool]:
+    """``uvloop.run`` where uvloop is installed (the serving extras bring it), else ``asyncio.run``."""
     try:
         import uvloop
     except ImportError:
-        return None
-    return uvloop.new_event_loop
+        return asyncio.run
+    return uvloop.run
 
 
 def _check_free(host: str, port: int, flag: str) -> None:

@@ -21,6 +21,7 @@ from segserve._proto.segmentation.v1 import segmentation_pb2_grpc as pb_grpc
 from segserve.bench import crafted
 from segserve.errors import FrameTooLarge, InvalidFrame
 from segserve.metrics import CODES, METHODS
+from segserve.sessions import WRITE_COPIES
 
 IMAGE = frame()
 TOKEN = "s3cret-token"
@@ -145,7 +146,8 @@ def test_a_stream_that_does_not_read_holds_bounded_bytes(server_factory):
         assert wait_idle_frames(running)
         snapshot = state(running)
         assert snapshot["sessions"][0]["read"] < 300  # the reader stopped: flow control pushes back
-        assert snapshot["bytes"] <= (1 << 20) + 2 * 640 * 480 * 4
+        # each of the stream's 4 slots holds at most one answer, counted WRITE_COPIES times
+        assert snapshot["bytes"] <= WRITE_COPIES * 4 * (640 * 480 + 64)
         call.cancel()
         assert wait_idle(running)
 

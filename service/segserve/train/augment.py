@@ -140,4 +140,5 @@ def recompress_jpeg(image: np.ndarray, quality: int) -> np.ndarray:
     ok, buf = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         return image
-    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
+    decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    return image if decoded is None else decoded[..., ::-1]

@@ -67,7 +67,7 @@ def top_band_shares(pred: np.ndarray, labels: LabelMap) -> dict[str, float]:
     """Share of the top band's pixels given to each class."""
     band = pred[: max(1, round(pred.shape[0] * TOP_BAND))]
     counts = np.bincount(band.ravel(), minlength=labels.num_classes)
-    return {labels.names.get(k, str(k)): float(counts[k]) / band.size for k in np.flatnonzero(counts)}
+    return {labels.names.get(int(k), str(k)): float(counts[k]) / band.size for k in np.flatnonzero(counts)}
 
 
 def picture(frames: list[np.ndarray], preds: dict[str, list[np.ndarray]], labels: LabelMap, width: int = 320):
