@@ -24,7 +24,7 @@ from segserve import codec, priority
 from segserve.admission import Ticket
 from segserve.batcher import Batcher, BatchResult
 from segserve.device_decode import JPEG_MAGIC, EncodedFrame
-from segserve.errors import DeadlineExceeded, InvalidFrame, SegserveError
+from segserve.errors import DeadlineExceeded, InvalidFrame
 from segserve.graph import ModelMetadata
 from segserve.labels import mask_to_training_rgb
 from segserve.types import (
@@ -123,7 +123,7 @@ class Pipeline:
         try:
             width, height = codec.encoded_size(request.encoded)
             codec.check_size(width, height, self.limits, "frame")
-        except SegserveError:
+        except Exception:  # anything a header reader may raise: decoding answers it with its status
             return request.nbytes
         if request.options.overlay is OverlayFormat.NONE:  # decoded at a DCT scale near the model's size
             model_w, model_h = self._model_wh
