@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 COMPUTE_NICENESS = 5
@@ -31,20 +32,8 @@ def lower_current_thread(by: int = COMPUTE_NICENESS) -> None:
 
 
 def call_lowered(fn: Callable[[], T]) -> T:
-    """Run ``fn`` on a short-lived thread of lowered priority and return its result: threads that
-    ``fn`` creates (onnxruntime's intra-op pool when it builds a session) inherit the priority."""
-    box: dict[str, object] = {}
-
-    def run() -> None:
-        lower_current_thread()
-        try:
-            box["value"] = fn()
-        except BaseException as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=run, name="segserve-lowered")
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box["value"]  # type: ignore[return-value]
+    """Run ``fn`` on a short-lived thread of lowered priority and return its result (or raise its
+    error): threads that ``fn`` creates (onnxruntime's intra-op pool when it builds a session)
+    inherit the priority."""
+    with ThreadPoolExecutor(max_workers=1, initializer=lower_current_thread) as pool:
+        return pool.submit(fn).result()

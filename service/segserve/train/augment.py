@@ -4,7 +4,7 @@ and photometric changes (colour, gamma, blur, noise, JPEG re-compression)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -68,21 +68,18 @@ class Augmenter:
     crop: tuple[int, int]
     scale: tuple[float, float] = (0.5, 2.0)
     hflip: bool = True
-    jitter: float = 0.3
     rng: np.random.Generator | None = None
-    photometric: Photometric | None = None
+    photometric: Photometric = field(default_factory=Photometric.basic)
     rare: Sequence[int] = ()
     rare_p: float = 0.0
 
     def __post_init__(self) -> None:
         if self.rng is None:
             self.rng = np.random.default_rng(0)
-        if self.photometric is None:
-            self.photometric = Photometric(jitter=self.jitter)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         rng = self.rng
-        assert rng is not None and self.photometric is not None
+        assert rng is not None
         s = float(rng.uniform(*self.scale))
         h, w = mask.shape
         nh, nw = max(1, round(h * s)), max(1, round(w * s))

@@ -63,11 +63,10 @@ def class_id(labels: LabelMap, name: str) -> int:
     raise ValueError(f"the model has no class named {name!r}")
 
 
-def top_band_shares(pred: np.ndarray, labels: LabelMap) -> dict[str, float]:
-    """Share of the top band's pixels given to each class."""
+def top_band_counts(pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """Pixels of the top band given to each class id."""
     band = pred[: max(1, round(pred.shape[0] * TOP_BAND))]
-    counts = np.bincount(band.ravel(), minlength=labels.num_classes)
-    return {labels.names.get(int(k), str(k)): float(counts[k]) / band.size for k in np.flatnonzero(counts)}
+    return np.bincount(band.ravel(), minlength=num_classes)
 
 
 def picture(frames: list[np.ndarray], preds: dict[str, list[np.ndarray]], labels: LabelMap, width: int = 320):
@@ -102,23 +101,22 @@ def compare(models: list[ClipModel], video: Path, out: Path, shown: int = 3, sky
     preds: dict[str, list[np.ndarray]] = {}
     for model in models:
         sky_id = class_id(model.labels, sky)
-        band_rows = max(1, round(model.hw[0] * TOP_BAND))
-        sky_px = total_px = 0
-        others: dict[str, float] = {}
+        counts = np.zeros(model.labels.num_classes, np.int64)
         preds[model.name] = []
         for i, frame in enumerate(frames):
             pred = model.predict(frame)
-            band = pred[:band_rows]
-            sky_px += int(np.count_nonzero(band == sky_id))
-            total_px += band.size
-            for name, share in top_band_shares(pred, model.labels).items():
-                others[name] = others.get(name, 0.0) + share / len(frames)
+            counts += top_band_counts(pred, model.labels.num_classes)[: len(counts)]
             if i in picks:
                 preds[model.name].append(pred)
+        shares = {
+            model.labels.names.get(int(k), str(k)): round(float(counts[k]) / counts.sum(), 4)
+            for k in np.argsort(-counts, kind="stable")
+            if counts[k]
+        }
         report["models"][model.name] = {
             "path": str(model.path),
-            "top_band_sky_share": round(sky_px / total_px, 4),
-            "top_band_shares": {k: round(v, 4) for k, v in sorted(others.items(), key=lambda kv: -kv[1])},
+            "top_band_sky_share": round(float(counts[sky_id]) / counts.sum(), 4),
+            "top_band_shares": shares,
         }
     out.mkdir(parents=True, exist_ok=True)
     report["picture_frames"] = picks

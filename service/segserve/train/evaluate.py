@@ -129,7 +129,8 @@ def evaluate_onnx(
     in_name, out_name = sess.get_inputs()[0].name, sess.get_outputs()[0].name
     pairs = pair_files(data).pairs
     if sequences:
-        pairs = [p for p in pairs if sequence_of(p.name) in set(sequences)]
+        wanted = set(sequences)
+        pairs = [p for p in pairs if sequence_of(p.name) in wanted]
     if not pairs:
         which = f" of sequence(s) {', '.join(sequences)}" if sequences else ""
         raise FileNotFoundError(f"no image/label pairs{which} under {data}")

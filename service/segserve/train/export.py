@@ -159,14 +159,15 @@ def export_checkpoint(
     std = tuple(tc.get("std", (78.0, 79.0, 78.0)))
     offsets = None
     calibration_frames, holdout = 0, []
+    calibrate_dirs = [str(d) for d in str(calibrate_dir).split(",")] if calibrate_dir else []
     if calibrate_on_training:
         data = tc.get("data", [])
-        calibrate_dir = ",".join([data] if isinstance(data, str) else data)
-    if calibrate_dir:
+        calibrate_dirs = [data] if isinstance(data, str) else list(data)
+        holdout = list(tc.get("holdout", []))
+    if calibrate_dirs:
         from segserve.train.calibrate import apply_offsets, fit_offsets, sample_logits
 
-        holdout = list(tc.get("holdout", [])) if calibrate_on_training else []
-        images, masks = load_splits(str(calibrate_dir).split(","), holdout, exclude=True)
+        images, masks = load_splits(calibrate_dirs, holdout, exclude=True)
         m_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         s_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         offsets, before, after = fit_offsets(*sample_logits(net, images, masks, m_t, s_t))
@@ -187,7 +188,7 @@ def export_checkpoint(
     }
     if offsets is not None:
         report["calibration"] = {
-            "data": str(calibrate_dir),
+            "data": ",".join(calibrate_dirs),
             "held_out": holdout,
             "frames": calibration_frames,
             "offsets": [round(float(v), 3) for v in offsets],
