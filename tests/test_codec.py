@@ -82,3 +82,18 @@ def test_jpeg_is_decoded_at_the_smallest_n_8_dct_scale_that_covers_the_model():
     reduced = codec.decode_encoded(data, at_least=(480, 360)).astype(int)
     full = cv2.resize(codec.decode_encoded(data), (720, 405), interpolation=cv2.INTER_AREA).astype(int)
     assert np.abs(reduced - full).mean() < 3  # the same picture, area-like downscale
+
+
+@pytest.mark.parametrize("size", [(1920, 1080), (1001, 777), (641, 359), (97, 61)])
+@pytest.mark.parametrize("at_least", [None, (480, 360), (200, 100), (1, 1), (4000, 4000)])
+def test_decoded_pixels_predicts_what_decoding_makes(size, at_least):
+    """Admission charges ``decoded_pixels`` before decoding: it must match the decoder, odd sizes too."""
+    data = jpeg(street_frame(*size))
+    decoded = codec.decode_encoded(data, at_least=at_least)
+    assert codec.decoded_pixels(data, at_least) == decoded.shape[0] * decoded.shape[1]
+
+
+def test_a_png_is_charged_whole_even_when_a_smaller_decode_would_do():
+    data = png(street_frame(640, 360))
+    assert codec.decoded_pixels(data, (120, 90)) == 640 * 360
+    assert codec.decode_encoded(data, at_least=(120, 90)).shape == (360, 640, 3)

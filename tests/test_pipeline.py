@@ -1,7 +1,7 @@
 import cv2
 import numpy as np
 import pytest
-from frames import jpeg, street_frame
+from frames import jpeg, png, street_frame
 from segserve import codec
 from segserve.errors import InvalidFrame, InvalidOptions
 from segserve.pipeline import Pipeline
@@ -116,8 +116,11 @@ def test_admission_charges_the_pixels_a_frame_will_decode_to(pipeline):
     with_overlay = FrameRequest("o", encoded=encoded, options=OutputOptions(overlay=OverlayFormat.JPEG))
     assert p.cost(with_overlay) == with_overlay.nbytes + 640 * 360 * 3
     mask_only = FrameRequest("m", encoded=encoded)  # decoded at a DCT scale near the model's size
-    model_w, model_h = p._model_wh
-    assert p.cost(mask_only) == mask_only.nbytes + 3 * min(640 * 360, 4 * model_w * model_h)
+    frame, _ = p.decode(mask_only)
+    assert isinstance(frame, np.ndarray) and frame.shape[:2] != (360, 640)
+    assert p.cost(mask_only) == mask_only.nbytes + frame.size
+    png_mask_only = FrameRequest("p", encoded=png(street_frame(640, 360)))  # a PNG decodes whole
+    assert p.cost(png_mask_only) == png_mask_only.nbytes + 640 * 360 * 3
     raw = RawFrame(200, 100, PixelFormat.BGR, street_frame(200, 100).tobytes())
     assert p.cost(FrameRequest("r", raw=raw)) == FrameRequest("r", raw=raw).nbytes
     not_an_image = FrameRequest("x", encoded=b"\xff\xd8 not a jpeg")  # refused by decode, charged its bytes

@@ -77,6 +77,22 @@ def encoded_size(data: bytes) -> tuple[int, int]:
     raise InvalidFrame(_not_an_image(data))
 
 
+def decoded_pixels(data: bytes, at_least: tuple[int, int] | None = None) -> int:
+    """Pixels ``decode_encoded(data, at_least=at_least)`` will make, from the header alone: what
+    admission charges before anything is decoded. A JPEG with ``at_least`` is decoded at the
+    smallest n/8 DCT scale (n = 1..8) covering it, as libjpeg-turbo scales (sizes rounded up); a
+    PNG always decodes whole."""
+    width, height = encoded_size(data)
+    if at_least is None or not data.startswith(JPEG_MAGIC):
+        return width * height
+    min_w, min_h = at_least
+    for n in range(1, 9):
+        w, h = -(-width * n // 8), -(-height * n // 8)
+        if w >= min_w and h >= min_h:
+            return w * h
+    return width * height
+
+
 def _not_an_image(data: bytes) -> str:
     return f"frame is neither JPEG nor PNG ({len(data)} bytes); send raw pixels as `raw`"
 

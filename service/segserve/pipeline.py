@@ -106,11 +106,11 @@ class Pipeline:
             return frame, (request.raw.width, request.raw.height)
         if request.encoded is None:
             raise InvalidFrame("request has no frame: set `encoded` (JPEG/PNG bytes) or `raw`")
-        needs_pixels = request.options.overlay is not OverlayFormat.NONE
-        if not needs_pixels and request.encoded.startswith(JPEG_MAGIC) and self.decodes_on_device:
+        at_least = self._decode_at_least(request)
+        if at_least is not None and request.encoded.startswith(JPEG_MAGIC) and self.decodes_on_device:
             encoded = EncodedFrame.from_jpeg(request.encoded, self.limits)
             return encoded, (encoded.shape[1], encoded.shape[0])
-        frame = codec.decode_encoded(request.encoded, self.limits, None if needs_pixels else self._model_wh)
+        frame = codec.decode_encoded(request.encoded, self.limits, at_least)
         return frame, codec.encoded_size(request.encoded)
 
     def cost(self, request: FrameRequest) -> int:
@@ -121,14 +121,15 @@ class Pipeline:
         if request.encoded is None:
             return request.nbytes  # raw pixels: already their own size
         try:
-            width, height = codec.encoded_size(request.encoded)
-            codec.check_size(width, height, self.limits, "frame")
+            codec.check_size(*codec.encoded_size(request.encoded), self.limits, "frame")
+            pixels = codec.decoded_pixels(request.encoded, self._decode_at_least(request))
         except Exception:  # anything a header reader may raise: decoding answers it with its status
             return request.nbytes
-        if request.options.overlay is OverlayFormat.NONE:  # decoded at a DCT scale near the model's size
-            model_w, model_h = self._model_wh
-            return request.nbytes + 3 * min(width * height, 4 * model_w * model_h)
-        return request.nbytes + 3 * width * height
+        return request.nbytes + 3 * pixels
+
+    def _decode_at_least(self, request: FrameRequest) -> tuple[int, int] | None:
+        """Without an overlay only the model's input size of pixels is needed."""
+        return None if request.options.overlay is not OverlayFormat.NONE else self._model_wh
 
     def preprocess(self, frame: np.ndarray | EncodedFrame) -> np.ndarray | EncodedFrame:
         """BGR frame -> RGB at the model's input size (normalisation happens in the graph).
