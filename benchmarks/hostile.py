@@ -137,8 +137,11 @@ def main() -> int:
             streams = [
                 stub.StreamSegment(sender(), timeout=args.seconds + 30, metadata=auth) for _ in range(32)
             ]
-            for call in streams:  # read one answer each, then never again
-                next(call)
+            # never read: wait until the server has all 32 open (a stream the byte budget keeps
+            # from reading gets no answer at all, so waiting for first answers could hang)
+            opened_by = time.monotonic() + 10
+            while gauges().get("segserve_active_streams", 0) < len(streams) and time.monotonic() < opened_by:
+                time.sleep(0.05)  # polling the server's gauge, in a benchmark
 
             def never():
                 stop.wait(args.seconds + 30)

@@ -313,3 +313,29 @@ def test_release_after_waits_for_every_pinned_job_and_for_release_itself():
         assert held(admission) == (0, 0)
 
     run(body)
+
+
+def test_room_waits_until_a_frame_of_that_size_would_be_admitted_and_nobody_waits():
+    async def body() -> None:
+        admission = Admission(max_frames=2, max_bytes=100)
+        await admission.room(60)  # empty: at once
+        answers = admission.hold_bytes(50)  # unread answers hold half the bytes
+        await admission.room(50)  # a frame of 50 still fits
+        big = asyncio.ensure_future(admission.room(60))
+        await settle()
+        assert not big.done() and not admission.has_room(60)
+        answers.release()
+        await big
+        a, b = admission.try_admit(10), admission.try_admit(10)  # both frame slots
+        queued = asyncio.ensure_future(admission.admit(10))  # a waiter: no room for another read
+        small = asyncio.ensure_future(admission.room(1))
+        await settle()
+        a.release()  # the slot goes to the waiter, not to a new read
+        await queued
+        await settle()
+        assert not small.done()
+        b.release()
+        await small
+        assert admission.has_room(1) and held(admission) == (1, 10)
+
+    run(body)

@@ -107,21 +107,35 @@ def test_a_cpu_install_decodes_jpegs_on_the_cpu_as_before(pipeline):
     assert isinstance(frame, np.ndarray) and frame.shape == (135, 240, 3) and size == (640, 360)  # DCT 3/8
 
 
-def test_admission_charges_the_pixels_a_frame_will_decode_to(pipeline):
+def test_admission_charges_the_pixels_a_frame_will_decode_to_and_its_answers(pipeline):
     """The byte budget bounds what frames really hold: a JPEG is charged its decoded pixels, read from
-    its header at the door (a 36 KB JPEG of 1080p becomes 6 MB)."""
+    its header at the door (a 36 KB JPEG of 1080p becomes 6 MB), and every frame the answers built
+    from it: the mask at its resolution, the overlay at the frame's size."""
     pipe, _ = pipeline
     p = pipe.pipeline
-    encoded = jpeg(street_frame(640, 360))
-    with_overlay = FrameRequest("o", encoded=encoded, options=OutputOptions(overlay=OverlayFormat.JPEG))
-    assert p.cost(with_overlay) == with_overlay.nbytes + 640 * 360 * 3
+    w, h = 640, 360
+    model_w, model_h = p._model_wh
+    encoded = jpeg(street_frame(w, h))
+    overlay = OutputOptions(overlay=OverlayFormat.JPEG)
+    with_overlay = FrameRequest("o", encoded=encoded, options=overlay)
+    assert p.cost(with_overlay) == with_overlay.nbytes + 3 * w * h + w * h + 3 * w * h
     mask_only = FrameRequest("m", encoded=encoded)  # decoded at a DCT scale near the model's size
     frame, _ = p.decode(mask_only)
-    assert isinstance(frame, np.ndarray) and frame.shape[:2] != (360, 640)
-    assert p.cost(mask_only) == mask_only.nbytes + frame.size
-    png_mask_only = FrameRequest("p", encoded=png(street_frame(640, 360)))  # a PNG decodes whole
-    assert p.cost(png_mask_only) == png_mask_only.nbytes + 640 * 360 * 3
-    raw = RawFrame(200, 100, PixelFormat.BGR, street_frame(200, 100).tobytes())
-    assert p.cost(FrameRequest("r", raw=raw)) == FrameRequest("r", raw=raw).nbytes
+    assert isinstance(frame, np.ndarray) and frame.shape[:2] != (h, w)
+    assert p.cost(mask_only) == mask_only.nbytes + frame.size + w * h
+    at_model = OutputOptions(mask_resolution=MaskResolution.MODEL)
+    model_mask = FrameRequest("s", encoded=encoded, options=at_model)
+    assert p.cost(model_mask) == model_mask.nbytes + frame.size + model_w * model_h
+    training_format = FrameRequest("t", encoded=encoded, options=OutputOptions(mask=MaskFormat.PNG_RGB))
+    assert p.cost(training_format) == training_format.nbytes + frame.size + 3 * w * h
+    nothing = FrameRequest("n", encoded=encoded, options=OutputOptions(mask=MaskFormat.NONE))
+    assert p.cost(nothing) == nothing.nbytes + frame.size
+    png_mask_only = FrameRequest("p", encoded=png(street_frame(w, h)))  # a PNG decodes whole
+    assert p.cost(png_mask_only) == png_mask_only.nbytes + 3 * w * h + w * h
+    pixels = RawFrame(200, 100, PixelFormat.BGR, street_frame(200, 100).tobytes())
+    raw = FrameRequest("r", raw=pixels, options=overlay)
+    assert p.cost(raw) == raw.nbytes + 200 * 100 + 3 * 200 * 100  # its pixels are its own bytes
+    lying = FrameRequest("l", raw=RawFrame(100_000, 100_000, PixelFormat.BGR, b"\0" * 30), options=overlay)
+    assert p.cost(lying) == lying.nbytes  # over the pixel limit: refused by decoding, charged its bytes
     not_an_image = FrameRequest("x", encoded=b"\xff\xd8 not a jpeg")  # refused by decode, charged its bytes
     assert p.cost(not_an_image) == not_an_image.nbytes

@@ -61,7 +61,21 @@ class Admission:
         self.frames = 0
         self.bytes = 0
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._freed = asyncio.Event()  # set whenever frames or bytes are given back
         self.loop = asyncio.get_running_loop()
+
+    def has_room(self, nbytes: int = 0) -> bool:
+        """Nobody waits and a frame of ``nbytes`` would be admitted now."""
+        return not self._waiters and self._fits(max(nbytes, 1))
+
+    async def room(self, nbytes: int = 0) -> None:
+        """Wait until ``has_room(nbytes)``. Stream readers wait here, with the size of their last
+        frame, before reading the next message: a frame is not read (its bytes held, uncharged)
+        only to wait for admission, and while the budget is used up clients feel HTTP/2 flow
+        control instead of filling the server's memory."""
+        while not self.has_room(nbytes):
+            self._freed.clear()
+            await self._freed.wait()
 
     def _fits(self, nbytes: int) -> bool:
         # A frame larger than the whole byte budget still runs when nothing else is held (it passed
@@ -117,8 +131,9 @@ class Admission:
                 self._waiters.popleft()
                 continue
             if not self._fits(nbytes):
-                return
+                break
             self._waiters.popleft()
             self.frames += 1
             self.bytes += nbytes
             waiter.set_result(None)
+        self._freed.set()

@@ -114,18 +114,33 @@ class Pipeline:
         return frame, codec.encoded_size(request.encoded)
 
     def cost(self, request: FrameRequest) -> int:
-        """Bytes admission charges a request: its own, plus the pixels decoding it will make, read
-        from the image's header by the decoding library (a 36 KB JPEG of 1080p becomes 6 MB), so the
-        byte budget bounds what admitted frames really hold. A header that cannot be read, or a frame
-        over the pixel limit, is charged its own bytes: decoding refuses it at once."""
-        if request.encoded is None:
-            return request.nbytes  # raw pixels: already their own size
+        """Bytes admission charges a request: what it holds while in flight. Its own bytes, the
+        pixels decoding it will make (read from the image's header by the decoding library: a 36 KB
+        JPEG of 1080p decodes to 6 MB) and the answers built from it (the mask at its resolution,
+        the overlay at the frame's size), so the byte budget bounds what admitted frames really
+        hold. A header that cannot be read, or a frame over the pixel limit, is charged its own
+        bytes: decoding refuses it at once."""
         try:
-            codec.check_size(*codec.encoded_size(request.encoded), self.limits, "frame")
-            pixels = codec.decoded_pixels(request.encoded, self._decode_at_least(request))
+            if request.raw is not None:
+                width, height, decoded = request.raw.width, request.raw.height, 0
+            elif request.encoded is not None:
+                width, height = codec.encoded_size(request.encoded)
+                decoded = 3 * codec.decoded_pixels(request.encoded, self._decode_at_least(request))
+            else:
+                return request.nbytes
+            codec.check_size(width, height, self.limits, "frame")
         except Exception:  # anything a header reader may raise: decoding answers it with its status
             return request.nbytes
-        return request.nbytes + 3 * pixels
+        return request.nbytes + decoded + self._answer_bytes(request.options, width * height)
+
+    def _answer_bytes(self, options: OutputOptions, frame_pixels: int) -> int:
+        model_w, model_h = self._model_wh
+        mask = 0
+        if options.mask is not MaskFormat.NONE:
+            pixels = frame_pixels if options.mask_resolution is MaskResolution.FRAME else model_w * model_h
+            mask = pixels * (3 if options.mask is MaskFormat.PNG_RGB else 1)
+        overlay = 0 if options.overlay is OverlayFormat.NONE else 3 * frame_pixels
+        return mask + overlay
 
     def _decode_at_least(self, request: FrameRequest) -> tuple[int, int] | None:
         """Without an overlay only the model's input size of pixels is needed."""

@@ -128,6 +128,7 @@ class StreamSession:
         self._room = asyncio.Event()  # set whenever an answer was written or the stream is ending
         self._arrived = asyncio.Event()  # set whenever an entry was appended or reading ended
         self._pending: _Pending | None = None
+        self._last_cost = 0  # bytes admission charged the last frame read (queue policy)
         self._pending_ready = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._reading_done = False
@@ -280,12 +281,14 @@ class StreamSession:
         try:
             while self._accepting:
                 self._waiting_for_client = True
-                # queue policy: take the frame's per-stream slot before reading it, so a stream whose
-                # answers are not being read holds no frame the server read but cannot run
+                # queue policy: take the frame's per-stream slot, and wait for room in the admission
+                # budget, before reading it: the server holds no frame it read but cannot run
                 slot = self.policy == "queue"
                 if slot:
                     await self._slots.acquire()
                 try:
+                    if slot:  # frames of a stream are alike: room for one like the last
+                        await self._admission.room(self._last_cost)
                     incoming = await anext(iterator)
                 except StopAsyncIteration:
                     if slot:
@@ -336,8 +339,9 @@ class StreamSession:
     async def _admit_and_start(self, request: FrameRequest, entry: _Entry) -> None:
         """With its per-stream slot taken: global admission, then the frame runs as a task of its own."""
         entry.slot = True
+        self._last_cost = self._cost(request)
         try:
-            ticket = await self._admission.admit(self._cost(request))
+            ticket = await self._admission.admit(self._last_cost)
         except asyncio.CancelledError:
             self._resolve(entry, FrameFailure(request.frame_id, ShuttingDown("stream closing"), 0))
             raise
