@@ -221,7 +221,12 @@ def main() -> int:
         print(f"| {key} | {value} |")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"hostile-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(summary, indent=1))
+    timeline = {  # every sample: RSS and the server's own gauges, to see when memory grows
+        "rss_mb": [round(v, 1) for v in rss_log],
+        "buffered_mb": [round(g.get("segserve_buffered_bytes", 0) / 2**20, 1) for g in gauge_log],
+        "inflight_frames": [g.get("segserve_inflight_frames", 0) for g in gauge_log],
+    }
+    out.write_text(json.dumps({**summary, "timeline": timeline}, indent=1))
     print(f"wrote {out}")
     return 0 if summary["pass"] else 1
 

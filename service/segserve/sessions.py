@@ -315,6 +315,7 @@ class StreamSession:
                     self._offer_latest(incoming, entry)
                 else:
                     await self._admit_and_start(incoming, entry)
+                del incoming  # the frame's task holds it; waiting to read the next, this loop does not
                 while self._full() and self._accepting:  # a slow reader: stop reading (flow control)
                     self._waiting_for_client = True  # nothing half-done here: a drain may cancel
                     self._room.clear()

@@ -288,8 +288,9 @@ class InferenceServicer:
                     group, items = self._stream_items(message, deadline, method)
                     del message
                     groups.append(group)  # before its items: their outcomes find it at the front
-                    for item in items:
-                        yield item
+                    items.reverse()
+                    while items:  # popped as yielded: a waiting generator keeps no frame
+                        yield items.pop()
 
             async for outcome in session.run(incoming()):
                 group = groups[0]

@@ -114,6 +114,9 @@ class SegmenterServicer:
         async with stream_call(self.service, context, method) as session:
             deadline = deadline_of(context)
             messages = aiter(request_iterator)
+            # as every later frame: not read while the byte budget has no room (32 streams opening
+            # with raw 1080p frames would otherwise each hold one, ~700 MB, before any is admitted)
+            await self.service.admission.room()
             try:  # the first frame carries the stream's policy
                 first = await asyncio.wait_for(anext(messages), idle_s or None)
             except StopAsyncIteration:
@@ -127,11 +130,13 @@ class SegmenterServicer:
             del first  # hold no message longer than its frame needs
 
             async def incoming() -> AsyncIterator[Incoming]:
+                # popped as it is yielded: a generator waiting for its next read (the stream may
+                # wait for room in the byte budget) keeps neither the last message nor its frame
                 yield pending.pop()
                 async for message in messages:
-                    item = self._incoming(message, deadline, method)
+                    pending.append(self._incoming(message, deadline, method))
                     del message
-                    yield item
+                    yield pending.pop()
 
             async for outcome in session.run(incoming()):
                 # serialized here, so the message is gone before the write waits on a slow reader
