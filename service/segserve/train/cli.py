@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -114,6 +115,17 @@ def cmd_dataset_convert(args: argparse.Namespace) -> int:
 
 
 # --- train / export / eval ------------------------------------------------------------------------
+DEFAULT_MAX_MINUTES = 75.0
+
+
+def training_minutes(max_minutes: float | None, max_steps: int) -> float:
+    """The time budget: as given; else none when a step budget is set (a step schedule must not be
+    cut short, or compressed, by the wall time a paused or busy process spends), else the default."""
+    if max_minutes is not None:
+        return max_minutes
+    return math.inf if max_steps else DEFAULT_MAX_MINUTES
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from segserve.train.loop import TrainConfig, Trainer
 
@@ -124,7 +136,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         holdout=args.holdout or [],
         name=args.name,
         runs_dir=args.runs_dir,
-        max_minutes=args.max_minutes,
+        max_minutes=training_minutes(args.max_minutes, args.max_steps),
         max_epochs=args.epochs,
         max_steps=args.max_steps,
         batch=args.batch,
@@ -271,8 +283,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             _opt(
                 "--max-minutes",
                 "time budget; the learning-rate schedule follows it",
-                75.0,
+                None,
                 o.number(0, above=True),
+                shown=f"{DEFAULT_MAX_MINUTES:g}, or none with --max-steps",
             ),
             _opt("--epochs", "epoch budget (whichever budget ends first)", 10_000, o.integer(1)),
             _opt(
