@@ -43,23 +43,32 @@ def segserve(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return run_module("segserve", *args, timeout=timeout)
 
 
-def default_sigint() -> None:
-    """In a child: Ctrl-C back to its default. A test run started as a background job (``cmd &`` in
-    a script) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+def popen_with_ctrl_c(args: list[str], **kwargs) -> subprocess.Popen:
+    """``subprocess.Popen`` whose child takes Ctrl-C as Python's default does. A test run started as
+    a background job (``cmd &`` in a script) has SIGINT ignored, and a child inherits that (Python
+    then never raises KeyboardInterrupt); a handler the parent sets is reset to the default by
+    exec. No ``preexec_fn``: forking a process with gRPC's threads running and then running Python
+    in the child before exec is unsafe (a child died at start with an epoll error)."""
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(args, **kwargs)
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class DemoProcess:
     """``python -m module args`` in the background, its stdout read line by line on a thread."""
 
     def __init__(self, module: str, *args: str):
-        self.process = subprocess.Popen(
+        self.process = popen_with_ctrl_c(
             [sys.executable, "-m", module, *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             env={**os.environ, "PYTHONPATH": SRC},
-            preexec_fn=default_sigint,
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.seen: list[str] = []

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import cv2
-from demo_support import LONG_CLIP_FRAMES, SRC, default_sigint, segserve
+from demo_support import LONG_CLIP_FRAMES, SRC, popen_with_ctrl_c, segserve
 from segserve.cli import main
 from segserve.demo.video import probe
 
@@ -127,7 +127,7 @@ def _wait_for_line(process: subprocess.Popen, text: str) -> str:
 
 
 def test_ctrl_c_still_writes_the_report(target: str, long_clip: Path, tmp_path: Path) -> None:
-    process = subprocess.Popen(
+    process = popen_with_ctrl_c(
         [
             sys.executable,
             "-m",
@@ -145,7 +145,6 @@ def test_ctrl_c_still_writes_the_report(target: str, long_clip: Path, tmp_path: 
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": SRC},
-        preexec_fn=default_sigint,
     )
     csv_path = tmp_path / "demo_frames.csv"
     _wait_for_line(process, "first frame answered")  # frames are flowing: interrupt mid-clip
@@ -199,7 +198,7 @@ def test_demo_help_lists_the_options() -> None:
 def test_ctrl_c_in_a_terminal_during_make_demo(toy_model: Path, long_clip: Path, tmp_path: Path) -> None:
     """Ctrl-C signals the whole foreground process group: the demo still writes its report and stops the
     server it started (which must not have died first)."""
-    process = subprocess.Popen(
+    process = popen_with_ctrl_c(
         [
             sys.executable,
             "-m",
@@ -216,7 +215,6 @@ def test_ctrl_c_in_a_terminal_during_make_demo(toy_model: Path, long_clip: Path,
         text=True,
         env={**os.environ, "PYTHONPATH": SRC},
         start_new_session=True,
-        preexec_fn=default_sigint,
     )
     before = _wait_for_line(process, "first frame answered")
     os.killpg(process.pid, signal.SIGINT)

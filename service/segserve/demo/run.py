@@ -7,7 +7,9 @@ Ctrl-C stops sending, cancels the call and still writes the report.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 import threading
 import time
@@ -129,6 +131,21 @@ class Sender:
             self.error = exc
 
 
+@contextlib.contextmanager
+def _ctrl_c_handler(handler: Callable[[int, object], None]) -> Iterator[None]:
+    """SIGINT calls ``handler`` while the block runs: only in the main thread (the only one that can
+    set handlers), and not where SIGINT is ignored (a background job: Ctrl-C is not for it)."""
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _placeholder(frame: np.ndarray, text: str) -> np.ndarray:
     grey = cv2.cvtColor(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR) // 2
     cv2.putText(
@@ -233,51 +250,69 @@ def _stream(
     title = (
         f"{info.name} {info.input_size[0]}x{info.input_size[1]} {info.providers[0] if info.providers else ''}"
     )
-    try:
-        for response in call:
-            receive_us = _now_us()
-            frame, send_us = sender.pending.pop(response.frame_id, (None, 0))
-            sender.slots.release()
-            if frame is None:
-                continue
-            result = client.result(response, frame.image.shape[1::-1])
-            jpeg = None
-            if result.dropped:
-                status, right = "dropped", _placeholder(frame.image, "dropped (latest policy)")
-            elif result.error is not None:
-                status = f"error: {result.error.code.name} {result.error.message}"
-                right = _placeholder(frame.image, result.error.code.name)
-            else:
-                assert result.overlay is not None  # every request asks for a JPEG overlay
-                status, right, jpeg = "ok", result.overlay, response.overlay.data
-            record = FrameRecord.from_timing(
-                frame.index, frame.capture_us, send_us, receive_us, status, result.timing
-            )
-            stats.add(record)
-            if web is not None:  # the server's own JPEG when there is one: no second encode
-                web.publish(jpeg or _jpeg(right), stats.figures())
-            if options.hud and (writer is not None or window is not None):
-                right = draw_hud(right, stats, info.labels, title)
-            if writer is not None:
-                writer.write(frame.image, right)
-            records.append(record)  # last: a Ctrl-C anywhere above leaves the frame out of every output
-            if len(records) == 1:  # the warm-up cost a user sees first (and what scripts may wait for)
-                log(f"first frame answered: {(receive_us - frame.capture_us) / 1000:.0f} ms after capture")
-            if window is not None and not window.show(right):
-                log("window closed")
-                break
-    except KeyboardInterrupt:
+
+    def on_ctrl_c(signum: int, stack: object) -> None:
+        # Ctrl-C ends the stream instead of raising KeyboardInterrupt wherever the main thread
+        # happens to be (inside the video encoder, it left the writer unable to close: a hang)
+        nonlocal interrupted
+        if interrupted:  # a second Ctrl-C: stop waiting for the stream to end
+            raise KeyboardInterrupt
         interrupted = True
-        log("interrupted: writing the report of the frames answered so far")
-    except grpc.RpcError as exc:
-        failed = True
-        print(f"error: stream to {options.server} ended: {exc.code().name}: {exc.details()}", file=sys.stderr)
-    finally:
         sender.stop.set()
         call.cancel()
-        load = monitor.stop()
-        if writer is not None:
-            writer.close()
+
+    with _ctrl_c_handler(on_ctrl_c):
+        try:
+            for response in call:
+                receive_us = _now_us()
+                frame, send_us = sender.pending.pop(response.frame_id, (None, 0))
+                sender.slots.release()
+                if frame is None:
+                    continue
+                result = client.result(response, frame.image.shape[1::-1])
+                jpeg = None
+                if result.dropped:
+                    status, right = "dropped", _placeholder(frame.image, "dropped (latest policy)")
+                elif result.error is not None:
+                    status = f"error: {result.error.code.name} {result.error.message}"
+                    right = _placeholder(frame.image, result.error.code.name)
+                else:
+                    assert result.overlay is not None  # every request asks for a JPEG overlay
+                    status, right, jpeg = "ok", result.overlay, response.overlay.data
+                record = FrameRecord.from_timing(
+                    frame.index, frame.capture_us, send_us, receive_us, status, result.timing
+                )
+                stats.add(record)
+                if web is not None:  # the server's own JPEG when there is one: no second encode
+                    web.publish(jpeg or _jpeg(right), stats.figures())
+                if options.hud and (writer is not None or window is not None):
+                    right = draw_hud(right, stats, info.labels, title)
+                if writer is not None:
+                    writer.write(frame.image, right)
+                records.append(record)  # last: an exception above leaves the frame out of every output
+                if len(records) == 1:  # the warm-up cost a user sees first (and what scripts may wait for)
+                    first_ms = (receive_us - frame.capture_us) / 1000
+                    log(f"first frame answered: {first_ms:.0f} ms after capture")
+                if window is not None and not window.show(right):
+                    log("window closed")
+                    break
+        except KeyboardInterrupt:  # a Ctrl-C before the handler was set, or where it cannot be
+            interrupted = True
+        except grpc.RpcError as exc:
+            if not interrupted:  # cancelled by Ctrl-C: not a failure
+                failed = True
+                print(
+                    f"error: stream to {options.server} ended: {exc.code().name}: {exc.details()}",
+                    file=sys.stderr,
+                )
+        finally:
+            sender.stop.set()
+            call.cancel()
+            load = monitor.stop()
+            if writer is not None:
+                writer.close()
+    if interrupted:
+        log("interrupted: writing the report of the frames answered so far")
     if sender.error is not None and not isinstance(sender.error, KeyboardInterrupt):
         failed = True
         print(f"error: reading {source.name}: {sender.error or type(sender.error).__name__}", file=sys.stderr)
