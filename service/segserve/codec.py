@@ -77,12 +77,12 @@ def encoded_size(data: bytes) -> tuple[int, int]:
     raise InvalidFrame(_not_an_image(data))
 
 
-def decoded_pixels(data: bytes, at_least: tuple[int, int] | None = None) -> int:
-    """Pixels ``decode_encoded(data, at_least=at_least)`` will make, from the header alone: what
-    admission charges before anything is decoded. A JPEG with ``at_least`` is decoded at the
-    smallest n/8 DCT scale (n = 1..8) covering it, as libjpeg-turbo scales (sizes rounded up); a
-    PNG always decodes whole."""
-    width, height = encoded_size(data)
+def decoded_pixels(data: bytes, size: tuple[int, int], at_least: tuple[int, int] | None = None) -> int:
+    """Pixels ``decode_encoded(data, at_least=at_least)`` will make, from the header's ``size``
+    (``encoded_size(data)``, read once by the caller): what admission charges before anything is
+    decoded. A JPEG with ``at_least`` is decoded at the smallest n/8 DCT scale (n = 1..8) covering
+    it, as libjpeg-turbo scales (sizes rounded up); a PNG always decodes whole."""
+    width, height = size
     if at_least is None or not data.startswith(JPEG_MAGIC):
         return width * height
     min_w, min_h = at_least

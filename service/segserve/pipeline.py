@@ -125,7 +125,8 @@ class Pipeline:
                 width, height, decoded = request.raw.width, request.raw.height, 0
             elif request.encoded is not None:
                 width, height = codec.encoded_size(request.encoded)
-                decoded = 3 * codec.decoded_pixels(request.encoded, self._decode_at_least(request))
+                at_least = self._decode_at_least(request)
+                decoded = 3 * codec.decoded_pixels(request.encoded, (width, height), at_least)
             else:
                 return request.nbytes
             codec.check_size(width, height, self.limits, "frame")
