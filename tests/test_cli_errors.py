@@ -155,6 +155,18 @@ CASES = [
         ("--crop",),
     ),
     Case(
+        "train with a weight-average decay of 1 (the weights would never move)",
+        lambda t, p: ["train", "--ema", "1", "--data", _no_classes(t)],
+        2,
+        ("--ema", "0.999"),
+    ),
+    Case(
+        "train with an unknown input normalisation",
+        lambda t, p: ["train", "--model-config", '{"input_norm": "frame"}', "--data", _no_classes(t)],
+        2,
+        ("input_norm", "image"),
+    ),
+    Case(
         "segment a missing image",
         lambda t, p: ["segment", str(t / "frame.jpg")],
         2,

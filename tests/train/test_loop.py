@@ -68,3 +68,27 @@ def test_holdout_sequence_selects_checkpoints_and_is_never_trained_on(camvid: Pa
     # the calibration offsets are fitted on the trained-on frames only
     report = export_checkpoint(tmp_path / "tiny" / "best.pt", tmp_path / "m.onnx", calibrate_on_training=True)
     assert report["calibration"]["held_out"] == ["0016E5"] and report["calibration"]["frames"] == 4
+
+
+def test_weight_average_follows_the_weights_slowly_and_is_what_is_saved(camvid: Path, tmp_path: Path) -> None:
+    cfg = _cfg(camvid, tmp_path, 6)
+    cfg.ema = 0.9
+    trainer = Trainer(cfg, quiet=True)
+    assert trainer.average is not None
+    start = {k: v.clone() for k, v in trainer.average.model.state_dict().items()}
+    trainer.run()
+    raw, avg = trainer.model.state_dict(), trainer.average.model.state_dict()
+    moved = [k for k in avg if avg[k].is_floating_point() and not torch.equal(avg[k], start[k])]
+    assert moved, "the average never moved"
+    # the average lies between where the weights started and where they are now, not on either
+    w = "classifier.weight"
+    assert not torch.equal(avg[w], raw[w]) and not torch.equal(avg[w], start[w])
+    assert torch.equal(avg["stem.0.1.num_batches_tracked"], raw["stem.0.1.num_batches_tracked"])
+    saved = torch.load(tmp_path / "tiny" / "last.pt", map_location="cpu", weights_only=False)
+    assert torch.equal(saved["model"][w], avg[w]) and torch.equal(saved["trained"][w], raw[w])
+    # resuming restores both the trained weights and their average
+    resumed = Trainer(cfg, resume=True, quiet=True)
+    assert resumed.average is not None
+    assert torch.equal(resumed.model.state_dict()[w], raw[w])
+    assert torch.equal(resumed.average.model.state_dict()[w], avg[w])
+

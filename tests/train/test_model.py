@@ -37,3 +37,25 @@ def test_parameter_count_is_small() -> None:
 def test_config_round_trip() -> None:
     cfg = ModelConfig(num_classes=7, detail=32)
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_per_image_input_norm_ignores_exposure_contrast_and_white_balance() -> None:
+    torch.manual_seed(0)
+    net = SegNetRT(ModelConfig(num_classes=5, input_norm="image")).eval()
+    x = torch.randn(2, 3, 64, 96)
+    # a darker, flatter, bluer frame: a different affine change per channel
+    gain = torch.tensor([0.5, 0.7, 1.6]).view(1, 3, 1, 1)
+    shifted = x * gain + torch.tensor([-1.0, 0.2, 0.8]).view(1, 3, 1, 1)
+    assert torch.allclose(net(shifted), net(x), atol=1e-3)
+    fixed = SegNetRT(ModelConfig(num_classes=5)).eval()
+    fixed.load_state_dict(net.state_dict())
+    assert not torch.allclose(fixed(shifted), fixed(x), atol=1e-3)
+
+
+def test_input_norm_round_trips_and_old_configs_read_as_fixed() -> None:
+    cfg = ModelConfig(num_classes=7, input_norm="image")
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    old = {k: v for k, v in ModelConfig().to_dict().items() if k != "input_norm"}
+    assert ModelConfig.from_dict(old).input_norm == "fixed"
+    with pytest.raises(ValueError, match="input_norm"):
+        SegNetRT(ModelConfig(input_norm="frame"))

@@ -34,6 +34,11 @@ def _json_object(text: str) -> dict:
         raise ValueError(f"expected a JSON object, e.g. '{{\"head\": 64}}': {exc.msg}") from None
     if not isinstance(value, dict):
         raise ValueError(f"expected a JSON object, e.g. '{{\"head\": 64}}', got {text!r}")
+    norm = value.get("input_norm", "fixed")
+    if norm not in ("fixed", "image"):
+        raise ValueError(
+            f"input_norm is 'fixed' (the dataset's mean and std) or 'image' (per frame), not {norm!r}"
+        )
     return value
 
 
@@ -68,6 +73,13 @@ def _fraction(text: str) -> float:
     value = o.number(0)(text)
     if value > 1:
         raise ValueError(f"expected a share from 0 to 1, got {text!r}")
+    return value
+
+
+def _ema_decay(text: str) -> float:
+    value = o.number(0)(text)
+    if value >= 1:
+        raise ValueError(f"expected a decay from 0 up to (not including) 1, e.g. 0.999, got {text!r}")
     return value
 
 
@@ -148,6 +160,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         val_every=args.val_every,
         augment=args.augment,
         rare_p=args.rare_crops,
+        ema=args.ema,
         seed=args.seed,
         threads=args.threads,
         model=model,
@@ -329,6 +342,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                 "share of crops placed around a pixel of a rare class (pole, sign, ...)",
                 0.0,
                 _fraction,
+            ),
+            _opt(
+                "--ema",
+                "decay of the weight average evaluated, kept and exported (e.g. 0.999); 0 = off",
+                0.0,
+                _ema_decay,
             ),
             _opt("--seed", "random seed (augmentation, initialisation)", 0, o.integer(0)),
             _opt("--threads", "torch CPU threads", 2, o.integer(1)),

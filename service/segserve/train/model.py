@@ -35,6 +35,10 @@ class ModelConfig:
     skip: int = 16
     head: int = 48
     blocks: tuple[int, int] = (2, 1)
+    # "fixed": the input is used as normalised with the dataset's mean and std; "image": each frame
+    # is also standardised per channel by its own mean and std, so exposure, contrast and white
+    # balance (dusk against noon, one camera against another) do not move the features.
+    input_norm: str = "fixed"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,6 +53,7 @@ class ModelConfig:
             skip=int(data["skip"]),
             head=int(data["head"]),
             blocks=tuple(data.get("blocks", (2, 2))),
+            input_norm=str(data.get("input_norm", "fixed")),
         )
 
 
@@ -80,8 +85,17 @@ class ResBlock(nn.Module):
         return F.relu(self.conv2(self.conv1(x)) + self.proj(x))
 
 
-def _up(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
+def standardise_per_image(x: torch.Tensor, eps: float = 1e-2) -> torch.Tensor:
+    """Each frame and channel to zero mean and unit standard deviation over its own pixels."""
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    centred = x - mean
+    var = (centred * centred).mean(dim=(2, 3), keepdim=True)
+    return centred / torch.sqrt(var + eps)
+
+
+def _up(x: torch.Tensor, like: torch.Tensor | torch.Size) -> torch.Tensor:
+    size = like if isinstance(like, torch.Size) else like.shape[-2:]
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 class SegNetRT(nn.Module):
@@ -113,8 +127,13 @@ class SegNetRT(nn.Module):
         self.refine4 = ConvBNReLU(cfg.skip, cfg.skip)
         self.classifier = nn.Conv2d(cfg.skip, cfg.num_classes, 1)
         self.aux = nn.Sequential(ConvBNReLU(c16, 64), nn.Conv2d(64, cfg.num_classes, 1))
+        if cfg.input_norm not in ("fixed", "image"):
+            raise ValueError(f"input_norm must be 'fixed' or 'image', not {cfg.input_norm!r}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        size = x.shape[-2:]
+        if self.cfg.input_norm == "image":
+            x = standardise_per_image(x)
         f4 = self.stem(x)
         d8 = self.detail(f4)
         c16 = self.ctx16(d8)
@@ -125,7 +144,7 @@ class SegNetRT(nn.Module):
         y4 = self.refine4(F.relu(_up(self.reduce8(y8), f4) + self.skip(f4)))
         logits4 = self.classifier(y4)
         if self.training:
-            return _up(logits4, x), _up(self.aux(c16f), x)
+            return _up(logits4, size), _up(self.aux(c16f), size)
         return logits4
 
     @torch.no_grad()
