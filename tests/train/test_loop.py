@@ -91,4 +91,3 @@ def test_weight_average_follows_the_weights_slowly_and_is_what_is_saved(camvid: 
     assert resumed.average is not None
     assert torch.equal(resumed.model.state_dict()[w], raw[w])
     assert torch.equal(resumed.average.model.state_dict()[w], avg[w])
-
