@@ -59,3 +59,26 @@ def test_jpeg_recompression_keeps_size_and_roughly_the_image() -> None:
     image = np.tile(np.linspace(0, 255, 64, dtype=np.uint8)[None, :, None], (48, 1, 3))
     out = recompress_jpeg(image, 30)
     assert out.shape == image.shape and np.abs(out.astype(int) - image).mean() < 8
+
+
+def test_class_mix_pastes_whole_classes_of_the_next_crop_with_their_labels() -> None:
+    from segserve.train.augment import class_mix
+
+    rng = np.random.default_rng(0)
+    masks = np.stack([np.full((8, 8), 4, np.uint8), np.zeros((8, 8), np.uint8)])
+    masks[1, :2] = 1  # sky in the second crop's top rows
+    masks[1, 5:, :3] = 9  # a car
+    images = np.stack([np.full((8, 8, 3), 10, np.uint8), np.full((8, 8, 3), 200, np.uint8)])
+    mixed_images, mixed_masks = class_mix(images, masks, rng, p=1.0)
+    pasted = mixed_masks[0] != 4
+    assert pasted.any()
+    # pixels pasted onto crop 0 come from crop 1, labels and colours together, whole classes at once
+    assert np.array_equal(mixed_masks[0][pasted], masks[1][pasted])
+    assert (mixed_images[0][pasted] == 200).all() and (mixed_images[0][~pasted] == 10).all()
+    for k in np.unique(mixed_masks[0][pasted]):
+        assert np.array_equal(mixed_masks[0] == k, masks[1] == k)
+    # background of the source is never pasted; the inputs are left alone
+    assert IGNORE not in mixed_masks[0]
+    assert (masks[0] == 4).all() and (images[0] == 10).all()
+    untouched_images, untouched_masks = class_mix(images, masks, rng, p=0.0)
+    assert np.array_equal(untouched_masks, masks) and np.array_equal(untouched_images, images)

@@ -139,3 +139,31 @@ def recompress_jpeg(image: np.ndarray, quality: int) -> np.ndarray:
         return image
     decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     return image if decoded is None else decoded[..., ::-1]
+
+
+def class_mix(
+    images: np.ndarray, masks: np.ndarray, rng: np.random.Generator, p: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """ClassMix across a batch of crops: with probability ``p`` a crop gets, pasted over it at the
+    same place, the pixels (and labels) of a random half of the classes in the next crop.
+
+    Objects then appear on streets, under skies and beside things they never stood next to in the
+    few training sequences, so the network has to recognise them by themselves rather than by the
+    scene it memorised. Background pixels of the other crop are never pasted.
+    """
+    images, masks = images.copy(), masks.copy()
+    source_images, source_masks = images.copy(), masks.copy()
+    n = len(images)
+    for i in range(n):
+        if n < 2 or rng.random() >= p:
+            continue
+        j = (i + 1) % n
+        classes = np.unique(source_masks[j])
+        classes = classes[classes != IGNORE]
+        if len(classes) == 0:
+            continue
+        chosen = rng.choice(classes, size=max(1, (len(classes) + 1) // 2), replace=False)
+        paste = np.isin(source_masks[j], chosen)
+        images[i][paste] = source_images[j][paste]
+        masks[i][paste] = source_masks[j][paste]
+    return images, masks

@@ -161,6 +161,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         augment=args.augment,
         rare_p=args.rare_crops,
         ema=args.ema,
+        class_mix=args.class_mix,
         seed=args.seed,
         threads=args.threads,
         model=model,
@@ -340,6 +341,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             _opt(
                 "--rare-crops",
                 "share of crops placed around a pixel of a rare class (pole, sign, ...)",
+                0.0,
+                _fraction,
+            ),
+            _opt(
+                "--class-mix",
+                "share of crops that get half the classes of another crop pasted on (ClassMix)",
                 0.0,
                 _fraction,
             ),

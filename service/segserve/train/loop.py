@@ -16,7 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from segserve.labels import LabelMap
-from segserve.train.augment import IGNORE, Augmenter, Photometric
+from segserve.train.augment import IGNORE, Augmenter, Photometric, class_mix
 from segserve.train.dataset import class_histogram, find_label_map, load_split, load_splits
 from segserve.train.metrics import confusion_matrix, miou_from_confusion
 from segserve.train.model import ModelConfig, SegNetRT
@@ -50,6 +50,7 @@ class TrainConfig:
     val_every: int = 2
     augment: str = "basic"  # "basic" (version 2: colour jitter) or "strong" (Photometric.strong)
     rare_p: float = 0.0  # share of crops placed around a pixel of a rare class
+    class_mix: float = 0.0  # share of crops that get half the classes of another crop pasted on
     ema: float = 0.0  # decay of the weight average that is evaluated and saved; 0: the raw weights
     seed: int = 0
     threads: int = 2
@@ -260,8 +261,11 @@ class Trainer:
 
     def train_step(self, idx: np.ndarray) -> float:
         pairs = [self.aug(self.images[i], self.masks[i]) for i in idx]
-        x = to_tensor(np.stack([p[0] for p in pairs]), self.mean, self.std)
-        y = torch.from_numpy(np.stack([p[1] for p in pairs])).long()
+        images, masks = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+        if self.cfg.class_mix > 0:
+            images, masks = class_mix(images, masks, self.rng, self.cfg.class_mix)
+        x = to_tensor(images, self.mean, self.std)
+        y = torch.from_numpy(masks).long()
         for g in self.opt.param_groups:
             g["lr"] = lr_at(self.cfg, self.step, self.progress())
         logits, aux = self.model(x)
