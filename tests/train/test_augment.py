@@ -82,3 +82,16 @@ def test_class_mix_pastes_whole_classes_of_the_next_crop_with_their_labels() -> 
     assert (masks[0] == 4).all() and (images[0] == 10).all()
     untouched_images, untouched_masks = class_mix(images, masks, rng, p=0.0)
     assert np.array_equal(untouched_masks, masks) and np.array_equal(untouched_images, images)
+
+
+def test_crop_rows_say_where_the_crop_lies_in_the_scaled_frame() -> None:
+    image = np.zeros((100, 80, 3), np.uint8)
+    mask = np.tile(np.arange(100, dtype=np.uint8)[:, None], (1, 80))  # label = row of the frame
+    aug = Augmenter((40, 40), scale=(1.0, 1.0), hflip=False, rng=np.random.default_rng(3))
+    for _ in range(10):
+        crop = aug.sample(image, mask)
+        assert crop.rows.shape == (40,) and crop.rows.dtype == np.float32
+        assert np.allclose(crop.rows, (crop.mask[:, 0] + 0.5) / 100)
+    doubled = Augmenter((40, 40), scale=(2.0, 2.0), hflip=False, rng=np.random.default_rng(3))
+    crop = doubled.sample(image, mask)
+    assert np.allclose(np.diff(crop.rows), 1 / 200)  # a scaled frame: rows twice as dense

@@ -59,3 +59,22 @@ def test_input_norm_round_trips_and_old_configs_read_as_fixed() -> None:
     assert ModelConfig.from_dict(old).input_norm == "fixed"
     with pytest.raises(ValueError, match="input_norm"):
         SegNetRT(ModelConfig(input_norm="frame"))
+
+
+def test_row_channel_tells_the_network_where_each_row_lies_in_the_frame() -> None:
+    from segserve.train.model import row_channel
+
+    x = torch.zeros(2, 3, 4, 5)
+    whole = row_channel(x)
+    assert whole.shape == (2, 1, 4, 5)
+    assert torch.allclose(whole[0, 0, :, 0], torch.tensor([0.125, 0.375, 0.625, 0.875]))
+    assert torch.equal(whole[:, :, :, 0:1].expand(2, 1, 4, 5), whole)  # constant along each row
+    crop = torch.tensor([[0.5, 0.6, 0.7, 0.8], [0.0, 0.1, 0.2, 0.3]])
+    assert torch.equal(row_channel(x, crop)[:, 0, :, 3], crop)
+    # the net reads it: the same pixels lower in the frame give other logits
+    torch.manual_seed(0)
+    net = SegNetRT(ModelConfig(num_classes=5, rows=True)).eval()
+    img = torch.randn(1, 3, 32, 48)
+    top, bottom = torch.linspace(0.0, 0.3, 32)[None], torch.linspace(0.7, 1.0, 32)[None]
+    assert not torch.allclose(net(img, top), net(img, bottom))
+    assert torch.allclose(net(img), net(img, (torch.arange(32) + 0.5)[None] / 32))

@@ -55,6 +55,16 @@ class Photometric:
         return image
 
 
+@dataclass(frozen=True)
+class Crop:
+    """An augmented training crop; ``rows[r]`` is where row r lies in the scaled whole frame
+    (0 top, 1 bottom; beyond 1 in bottom padding)."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    rows: np.ndarray
+
+
 @dataclass
 class Augmenter:
     """Random scale in ``scale``, a ``crop`` = (H, W) window, flips and photometric changes.
@@ -78,6 +88,11 @@ class Augmenter:
             self.rng = np.random.default_rng(0)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        crop = self.sample(image, mask)
+        return crop.image, crop.mask
+
+    def sample(self, image: np.ndarray, mask: np.ndarray) -> Crop:
+        """One augmented crop, with where its rows lie in the whole frame."""
         rng = self.rng
         assert rng is not None
         s = float(rng.uniform(*self.scale))
@@ -96,7 +111,8 @@ class Augmenter:
         if self.hflip and rng.random() < 0.5:
             image, mask = image[:, ::-1], mask[:, ::-1]
         image = self.photometric(np.ascontiguousarray(image), rng)
-        return np.ascontiguousarray(image), np.ascontiguousarray(mask)
+        rows = ((y + np.arange(ch, dtype=np.float32) + 0.5) / nh).astype(np.float32)
+        return Crop(np.ascontiguousarray(image), np.ascontiguousarray(mask), rows)
 
     def _origin(self, mask: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
         """Top-left corner of the crop: uniform, or (``rare_p``) one that contains a rare pixel."""

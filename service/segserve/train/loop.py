@@ -260,15 +260,16 @@ class Trainer:
         return max(by_time, by_epoch, by_step)
 
     def train_step(self, idx: np.ndarray) -> float:
-        pairs = [self.aug(self.images[i], self.masks[i]) for i in idx]
-        images, masks = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+        crops = [self.aug.sample(self.images[i], self.masks[i]) for i in idx]
+        images, masks = np.stack([c.image for c in crops]), np.stack([c.mask for c in crops])
+        rows = torch.from_numpy(np.stack([c.rows for c in crops]))
         if self.cfg.class_mix > 0:
             images, masks = class_mix(images, masks, self.rng, self.cfg.class_mix)
         x = to_tensor(images, self.mean, self.std)
         y = torch.from_numpy(masks).long()
         for g in self.opt.param_groups:
             g["lr"] = lr_at(self.cfg, self.step, self.progress())
-        logits, aux = self.model(x)
+        logits, aux = self.model(x, rows)
         c = self.cfg
         loss = seg_loss(logits, y, self.weight, c.loss, c.ohem_thresh)
         if c.aux_weight > 0:

@@ -39,6 +39,9 @@ class ModelConfig:
     # is also standardised per channel by its own mean and std, so exposure, contrast and white
     # balance (dusk against noon, one camera against another) do not move the features.
     input_norm: str = "fixed"
+    # an extra input channel holding each pixel's height in the frame (0 top, 1 bottom): a driving
+    # camera sees sky above and road below, whatever the street, and the network may use it
+    rows: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,6 +57,7 @@ class ModelConfig:
             head=int(data["head"]),
             blocks=tuple(data.get("blocks", (2, 2))),
             input_norm=str(data.get("input_norm", "fixed")),
+            rows=bool(data.get("rows", False)),
         )
 
 
@@ -93,6 +97,14 @@ def standardise_per_image(x: torch.Tensor, eps: float = 1e-2) -> torch.Tensor:
     return centred / torch.sqrt(var + eps)
 
 
+def row_channel(x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, 1, H, W): each pixel's height in its frame, pixel centres from 0 (top) to 1 (bottom)."""
+    n, _, h, w = x.shape
+    if rows is None:
+        rows = ((torch.arange(h, dtype=x.dtype) + 0.5) / h).expand(n, h)
+    return rows.to(x.dtype).view(n, 1, h, 1).expand(n, 1, h, w)
+
+
 def _up(x: torch.Tensor, like: torch.Tensor | torch.Size) -> torch.Tensor:
     size = like if isinstance(like, torch.Size) else like.shape[-2:]
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
@@ -110,7 +122,7 @@ class SegNetRT(nn.Module):
         self.cfg = cfg = cfg or ModelConfig()
         s1, s2 = cfg.stem
         c16, c32 = cfg.context
-        self.stem = nn.Sequential(ConvBNReLU(3, s1, 2), ConvBNReLU(s1, s2, 2))
+        self.stem = nn.Sequential(ConvBNReLU(4 if cfg.rows else 3, s1, 2), ConvBNReLU(s1, s2, 2))
         self.skip = ConvBNReLU(s2, cfg.skip, k=1, relu=False)
         self.detail = nn.Sequential(ConvBNReLU(s2, cfg.detail, 2), ConvBNReLU(cfg.detail, cfg.detail))
         b16, b32 = cfg.blocks
@@ -130,10 +142,16 @@ class SegNetRT(nn.Module):
         if cfg.input_norm not in ("fixed", "image"):
             raise ValueError(f"input_norm must be 'fixed' or 'image', not {cfg.input_norm!r}")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``rows`` (N, H): where each input row lies in its whole frame (0 top, 1 bottom), for
+        crops; by default the input is a whole frame. Used only when the config has ``rows``."""
         size = x.shape[-2:]
         if self.cfg.input_norm == "image":
             x = standardise_per_image(x)
+        if self.cfg.rows:
+            x = torch.cat([x, row_channel(x, rows)], dim=1)
         f4 = self.stem(x)
         d8 = self.detail(f4)
         c16 = self.ctx16(d8)
