@@ -167,19 +167,20 @@ def class_mix(
     few training sequences, so the network has to recognise them by themselves rather than by the
     scene it memorised. Background pixels of the other crop are never pasted.
     """
-    images, masks = images.copy(), masks.copy()
-    source_images, source_masks = images.copy(), masks.copy()
+    mixed_images, mixed_masks = images.copy(), masks.copy()
     n = len(images)
+    if n < 2:
+        return mixed_images, mixed_masks
     for i in range(n):
-        if n < 2 or rng.random() >= p:
+        if rng.random() >= p:
             continue
         j = (i + 1) % n
-        classes = np.unique(source_masks[j])
+        classes = np.unique(masks[j])
         classes = classes[classes != IGNORE]
         if len(classes) == 0:
             continue
         chosen = rng.choice(classes, size=max(1, (len(classes) + 1) // 2), replace=False)
-        paste = np.isin(source_masks[j], chosen)
-        images[i][paste] = source_images[j][paste]
-        masks[i][paste] = source_masks[j][paste]
-    return images, masks
+        paste = np.isin(masks[j], chosen)
+        mixed_images[i][paste] = images[j][paste]
+        mixed_masks[i][paste] = masks[j][paste]
+    return mixed_images, mixed_masks

@@ -225,13 +225,10 @@ class Trainer:
 
     def _load(self, path: Path) -> None:
         ck = torch.load(path, map_location="cpu", weights_only=False)
-        if self.average is not None and ck.get("trained") is not None:
-            self.model.load_state_dict(ck["trained"])
+        trained = ck.get("trained") if self.average is not None else None
+        self.model.load_state_dict(ck["model"] if trained is None else trained)
+        if self.average is not None:
             self.average.model.load_state_dict(ck["model"])
-        else:
-            self.model.load_state_dict(ck["model"])
-            if self.average is not None:
-                self.average.model.load_state_dict(ck["model"])
         self.opt.load_state_dict(ck["opt"])
         self.epoch, self.step, self.elapsed = ck["epoch"], ck["step"], ck["elapsed"]
         self.best, self.history = ck["best"], ck["history"]

@@ -105,9 +105,8 @@ def row_channel(x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tens
     return rows.to(x.dtype).view(n, 1, h, 1).expand(n, 1, h, w)
 
 
-def _up(x: torch.Tensor, like: torch.Tensor | torch.Size) -> torch.Tensor:
-    size = like if isinstance(like, torch.Size) else like.shape[-2:]
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+def _up(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
 
 
 class SegNetRT(nn.Module):
@@ -147,7 +146,6 @@ class SegNetRT(nn.Module):
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """``rows`` (N, H): where each input row lies in its whole frame (0 top, 1 bottom), for
         crops; by default the input is a whole frame. Used only when the config has ``rows``."""
-        size = x.shape[-2:]
         if self.cfg.input_norm == "image":
             x = standardise_per_image(x)
         if self.cfg.rows:
@@ -162,7 +160,7 @@ class SegNetRT(nn.Module):
         y4 = self.refine4(F.relu(_up(self.reduce8(y8), f4) + self.skip(f4)))
         logits4 = self.classifier(y4)
         if self.training:
-            return _up(logits4, size), _up(self.aux(c16f), size)
+            return _up(logits4, x), _up(self.aux(c16f), x)
         return logits4
 
     @torch.no_grad()
